@@ -1,0 +1,257 @@
+"""The data lake's on-disk layout: the only module that spells a path under data_lake/.
+
+Partitioned stages write one parquet file per source (`stage/source=NAME/...`), so parallel partition runs never
+share a file or a DuckDB writer. DuckDB is the query layer: `Lake.connect()` opens an in-memory database with views
+over the parquet globs (readers never lock anything), and `Lake.write_catalog()` persists the same views into
+`catalog.duckdb` for the DuckDB CLI, from the one unpartitioned asset that owns it.
+
+Every write goes to a temporary name and is renamed into place, so a crash never leaves half a file where a good
+one was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import types
+import typing
+import uuid
+from collections.abc import Iterator
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cpt_assets.lib.types import Chunk, DroppedChunk, Page, PageFailure, RawDocument, to_rows
+
+# Views the query layer exposes: name -> (stage folder, file name).
+PARTITIONED_TABLES: dict[str, tuple[str, str]] = {
+    "raw_pdfs": ("raw", "manifest.parquet"),
+    "pages": ("pages", "pages.parquet"),
+    "page_failures": ("pages", "failures.parquet"),
+    "chunks": ("chunks", "chunks.parquet"),
+    "dropped_chunks": ("chunks", "dropped.parquet"),
+}
+SPLIT_NAMES = ("train", "validation", "test")
+
+_ARROW_TYPES: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64(), bool: pa.bool_(), float: pa.float64()}
+
+
+def arrow_schema(record_type: type) -> pa.Schema:
+    """An Arrow schema from a dataclass's annotations, so empty tables still carry typed columns."""
+    hints = typing.get_type_hints(record_type)
+    columns = []
+    for field in fields(record_type):
+        hint = hints[field.name]
+        base = hint
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):
+            base = next(a for a in typing.get_args(hint) if a is not type(None))
+        if typing.get_origin(base) is typing.Literal:
+            base = str
+        columns.append(pa.field(field.name, _ARROW_TYPES.get(base, pa.string())))
+    return pa.schema(columns)
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `target`; rename it over `target` only if the block succeeds.
+
+    Works for files and folders. For a folder, the old one is moved aside first and removed after the swap.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if tmp.is_dir():
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        elif tmp.exists():
+            os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_table(table: pa.Table, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def write_records(records: list[Any], record_type: type, path: Path) -> Path:
+    """Write dataclass records to parquet atomically, with a typed schema even when empty."""
+    schema = arrow_schema(record_type)
+    table = pa.Table.from_pylist(to_rows(records), schema=schema)
+    return write_table(table, path)
+
+
+def read_records(path: Path, record_type: type) -> list[Any]:
+    """Read parquet rows back into dataclasses; a missing file reads as no rows."""
+    if not Path(path).exists():
+        return []
+    names = {f.name for f in fields(record_type)}
+    return [record_type(**{k: v for k, v in row.items() if k in names}) for row in pq.read_table(path).to_pylist()]
+
+
+class Lake:
+    """Paths and queries over one data_lake/ root."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+
+    # ---- partitioned corpus stages -------------------------------------------------------------------------
+    def partition_dir(self, stage: str, source: str) -> Path:
+        return self.root / stage / f"source={source}"
+
+    def raw_dir(self, source: str) -> Path:
+        """Where the source's PDFs are stored, one file per document name."""
+        return self.partition_dir("raw", source) / "files"
+
+    def table_path(self, table: str, source: str) -> Path:
+        stage, file_name = PARTITIONED_TABLES[table]
+        return self.partition_dir(stage, source) / file_name
+
+    def manifest_path(self, source: str) -> Path:
+        return self.table_path("raw_pdfs", source)
+
+    def pages_path(self, source: str) -> Path:
+        return self.table_path("pages", source)
+
+    def page_failures_path(self, source: str) -> Path:
+        return self.table_path("page_failures", source)
+
+    def chunks_path(self, source: str) -> Path:
+        return self.table_path("chunks", source)
+
+    def dropped_path(self, source: str) -> Path:
+        return self.table_path("dropped_chunks", source)
+
+    def chunk_state_path(self, source: str) -> Path:
+        """Config hash and per-document hashes the chunks were made from (for incremental refresh)."""
+        return self.partition_dir("chunks", source) / "state.json"
+
+    def sources_with(self, table: str) -> list[str]:
+        stage, file_name = PARTITIONED_TABLES[table]
+        return sorted(p.parent.name.removeprefix("source=") for p in (self.root / stage).glob(f"source=*/{file_name}"))
+
+    def read_manifest(self, source: str) -> list[RawDocument]:
+        return read_records(self.manifest_path(source), RawDocument)
+
+    def read_pages(self, source: str) -> list[Page]:
+        return read_records(self.pages_path(source), Page)
+
+    def read_page_failures(self, source: str) -> list[PageFailure]:
+        return read_records(self.page_failures_path(source), PageFailure)
+
+    def read_chunks(self, source: str) -> list[Chunk]:
+        return read_records(self.chunks_path(source), Chunk)
+
+    def read_dropped(self, source: str) -> list[DroppedChunk]:
+        return read_records(self.dropped_path(source), DroppedChunk)
+
+    # ---- splits ---------------------------------------------------------------------------------------------
+    @property
+    def splits_dir(self) -> Path:
+        return self.root / "splits"
+
+    def split_path(self, split: str) -> Path:
+        return self.splits_dir / f"{split}.parquet"
+
+    @property
+    def split_assignments_path(self) -> Path:
+        """doc_id -> split, kept across runs so a document never changes split."""
+        return self.splits_dir / "assignments.parquet"
+
+    @property
+    def hf_dataset_dir(self) -> Path:
+        return self.splits_dir / "hf"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    # ---- model stages ----------------------------------------------------------------------------------------
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def base_model_dir(self) -> Path:
+        return self.models_dir / "base"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.models_dir / "adapter"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.models_dir / "checkpoints"
+
+    @property
+    def merged_model_dir(self) -> Path:
+        return self.models_dir / "merged"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def gguf_dir(self) -> Path:
+        return self.root / "gguf"
+
+    # ---- DuckDB query layer ------------------------------------------------------------------------------------
+    def view_sql(self) -> list[str]:
+        """CREATE VIEW statements over every table that has at least one file."""
+        statements = []
+        for view, (stage, file_name) in PARTITIONED_TABLES.items():
+            files = sorted((self.root / stage).glob(f"source=*/{file_name}"))
+            if files:
+                listing = ", ".join(f"'{f.as_posix()}'" for f in files)
+                statements.append(
+                    f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)"
+                )
+        for split in SPLIT_NAMES:
+            if self.split_path(split).exists():
+                statements.append(
+                    f"CREATE OR REPLACE VIEW {split} AS SELECT * FROM read_parquet('{self.split_path(split).as_posix()}')"
+                )
+        return statements
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB with views over the lake: no file lock, safe from any number of processes."""
+        connection = duckdb.connect(":memory:")
+        for statement in self.view_sql():
+            connection.execute(statement)
+        return connection
+
+    def write_catalog(self) -> Path:
+        """Persist the views into catalog.duckdb (atomically) for users of the DuckDB CLI or notebooks."""
+        with atomic_path(self.catalog_path) as tmp:
+            connection = duckdb.connect(str(tmp))
+            try:
+                for statement in self.view_sql():
+                    connection.execute(statement)
+            finally:
+                connection.close()
+        return self.catalog_path
