@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CPT_MIRROR=${CPT_MIRROR:-$(cd .. && pwd)/shared/corpus}
-export HF_HUB_OFFLINE=1
+export HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 exec .venv/bin/cpt-pipeline "$@"

@@ -4,8 +4,6 @@ The dataclasses in `cpt_assets.lib` hold the defaults and validation (written on
 `dg.Config` class with the same fields and defaults, so the Launchpad shows every knob, and back again.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import types
 import typing
@@ -43,6 +41,8 @@ def config_class(dataclass_type: type, name: str | None = None) -> type[dg.Confi
             default = field.default_factory()
         else:
             default = ...
+        if dataclasses.is_dataclass(default):
+            continue  # nested settings (e.g. cleaning rules) keep their library defaults
         if isinstance(default, tuple):
             default = list(default)
         definitions[field.name] = (_config_type(hints[field.name]), pydantic.Field(default=default))

@@ -1,7 +1,5 @@
 """Helpers that turn lib results into Dagster metadata a user can judge a run by in the UI."""
 
-from __future__ import annotations
-
 import base64
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -13,7 +11,9 @@ import dagster as dg
 def png_markdown(path: Path, title: str = "") -> dg.MetadataValue:
     """Embed a PNG in markdown metadata, so the chart shows in the asset's page without leaving the UI."""
     data = base64.b64encode(Path(path).read_bytes()).decode()
-    return dg.MetadataValue.md(f"{'### ' + title if title else ''}\n\n![{title or path.name}](data:image/png;base64,{data})")
+    return dg.MetadataValue.md(
+        f"{'### ' + title if title else ''}\n\n![{title or path.name}](data:image/png;base64,{data})"
+    )
 
 
 def _cell(value: Any, width: int) -> str:
@@ -35,13 +35,21 @@ def table_value(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> dg.Me
     records = []
     for row in rows:
         records.append(
-            dg.TableRecord({c: row.get(c) if isinstance(row.get(c), (int, float, bool)) else str(row.get(c, "")) for c in columns})
+            dg.TableRecord(
+                {c: row.get(c) if isinstance(row.get(c), (int, float, bool)) else str(row.get(c, "")) for c in columns}
+            )
         )
     schema_types = {}
     for column in columns:
         sample = next((r.data[column] for r in records if r.data.get(column) is not None), "")
         schema_types[column] = (
-            "bool" if isinstance(sample, bool) else "int" if isinstance(sample, int) else "float" if isinstance(sample, float) else "string"
+            "bool"
+            if isinstance(sample, bool)
+            else "int"
+            if isinstance(sample, int)
+            else "float"
+            if isinstance(sample, float)
+            else "string"
         )
     schema = dg.TableSchema(columns=[dg.TableColumn(c, schema_types[c]) for c in columns])
     return dg.MetadataValue.table(records=records, schema=schema)

@@ -5,8 +5,6 @@ load time, needs no sensor or daemon (the CLI's main job sees it too), and a sou
 partition on the next code-location reload without code changes.
 """
 
-from __future__ import annotations
-
 import dagster as dg
 
 from cpt_assets.lib.sources import load_registry

@@ -4,8 +4,6 @@ Both default to the repository's own files and can be pointed elsewhere by envir
 CPT_SOURCES, CPT_MIRROR) or resource config, so tests run the real assets against a temporary lake.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import os
 from pathlib import Path

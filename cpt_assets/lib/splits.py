@@ -157,3 +157,32 @@ def leaked_documents(rows: dict[str, list[Chunk]]) -> dict[str, list[str]]:
 def ratio_deviation(token_share: dict[str, float], config: SplitConfig) -> dict[str, float]:
     """Absolute deviation of each split's token share from its configured ratio."""
     return {name: abs(token_share.get(name, 0.0) - getattr(config, name)) for name in SPLITS}
+
+
+def leakage_check(rows: dict[str, list[Chunk]]) -> tuple[bool, str, dict]:
+    """Check outcome: no document in two splits."""
+    leaked = leaked_documents(rows)
+    if leaked:
+        return False, f"{len(leaked)} document(s) appear in more than one split", leaked
+    return True, "no document appears in two splits", {}
+
+
+def ratio_check(token_share: dict[str, float], config: SplitConfig, documents: int) -> tuple[bool, str, dict]:
+    """Check outcome: every split's token share within `config.tolerance` of its ratio.
+
+    Whole documents move between splits, so a corpus of very few documents cannot hit the ratios; below
+    MIN_DOCUMENTS_FOR_RATIOS the outcome passes and says so instead of raising a false alarm.
+    """
+    deviation = ratio_deviation(token_share, config)
+    worst = max(deviation, key=deviation.get)
+    details = {
+        name: {"share": round(token_share.get(name, 0.0), 4), "target": getattr(config, name)} for name in SPLITS
+    }
+    if deviation[worst] <= config.tolerance:
+        return True, f"all splits within {config.tolerance:.0%} of their ratios", details
+    if documents < MIN_DOCUMENTS_FOR_RATIOS:
+        return True, f"{worst} is {deviation[worst]:.1%} off, but {documents} documents cannot be split finer", details
+    return False, f"{worst} share {token_share.get(worst, 0):.3f} is {deviation[worst]:.1%} off its ratio", details
+
+
+MIN_DOCUMENTS_FOR_RATIOS = 10

@@ -52,12 +52,13 @@ def test_folder_swap_is_atomic(tmp_path):
 def test_duckdb_views_span_every_partition(tmp_path):
     lake = Lake(tmp_path)
     for source, n in (("a", 2), ("b", 3)):
-        chunks = [
-            Chunk(f"{source}{i}", f"{source}/d", source, "h", i, "text", 5, 4) for i in range(n)
-        ]
+        chunks = [Chunk(f"{source}{i}", f"{source}/d", source, "h", i, "text", 5, 4) for i in range(n)]
         write_records(chunks, Chunk, lake.chunks_path(source))
     connection = lake.connect()
-    assert connection.execute("SELECT source, count(*) FROM chunks GROUP BY 1 ORDER BY 1").fetchall() == [("a", 2), ("b", 3)]
+    assert connection.execute("SELECT source, count(*) FROM chunks GROUP BY 1 ORDER BY 1").fetchall() == [
+        ("a", 2),
+        ("b", 3),
+    ]
     catalog = lake.write_catalog()
     with duckdb.connect(str(catalog), read_only=True) as persisted:
         assert persisted.execute("SELECT sum(n_tokens) FROM chunks").fetchone() == (25,)

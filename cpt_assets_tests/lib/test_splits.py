@@ -63,7 +63,9 @@ def test_previous_assignments_are_kept_when_documents_are_added():
 
 def test_assignment_is_deterministic():
     docs = {f"s/d{d}": ("s", 50 + d) for d in range(12)}
-    assert assign_documents(docs, {}, SplitConfig()) == assign_documents(dict(reversed(docs.items())), {}, SplitConfig())
+    assert assign_documents(docs, {}, SplitConfig()) == assign_documents(
+        dict(reversed(docs.items())), {}, SplitConfig()
+    )
 
 
 def test_exact_text_shared_with_train_is_dropped_from_evaluation_splits():
@@ -80,4 +82,29 @@ def test_split_hash_changes_with_content():
     a = make_splits(chunks, {}, SplitConfig())
     b = make_splits(chunks + [chunk("d0", 1, 100)], {}, SplitConfig())
     assert a.split_hash("train") == make_splits(chunks, {}, SplitConfig()).split_hash("train")
-    assert {a.split_hash(s) for s in ("train", "validation", "test")} != {b.split_hash(s) for s in ("train", "validation", "test")}
+    assert {a.split_hash(s) for s in ("train", "validation", "test")} != {
+        b.split_hash(s) for s in ("train", "validation", "test")
+    }
+
+
+@pytest.mark.parametrize(
+    ("share", "documents", "passed"),
+    [
+        ({"train": 0.70, "validation": 0.20, "test": 0.10}, 30, True),
+        ({"train": 0.715, "validation": 0.19, "test": 0.095}, 30, True),
+        ({"train": 0.75, "validation": 0.15, "test": 0.10}, 30, False),
+        ({"train": 0.75, "validation": 0.15, "test": 0.10}, 4, True),
+    ],
+)
+def test_ratio_check(share, documents, passed):
+    from cpt_assets.lib.splits import ratio_check
+
+    assert ratio_check(share, SplitConfig(), documents)[0] is passed
+
+
+def test_leakage_check_names_the_document():
+    from cpt_assets.lib.splits import leakage_check
+
+    rows = {"train": [chunk("a", 0, 5)], "validation": [chunk("a", 1, 5)], "test": []}
+    passed, _, details = leakage_check(rows)
+    assert not passed and details == {"s/a": ["train", "validation"]}

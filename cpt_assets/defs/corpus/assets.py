@@ -1,0 +1,288 @@
+"""Corpus assets: raw PDFs -> page text -> clean chunks, one partition per source; then leakage-free splits.
+
+Thin wiring: each asset reads its inputs through `lib.lake`, calls the stage's plain functions and turns their
+results into metadata. Every stage is incremental by content hash, so a scheduled refresh of an unchanged source
+re-extracts nothing and says so.
+"""
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+
+from cpt_assets.defs.config import config_class, to_dataclass
+from cpt_assets.defs.metadata import counts_md, markdown_table, png_markdown, table_value
+from cpt_assets.defs.partitions import source_partitions
+from cpt_assets.defs.resources import LakeResource, SourcesResource
+from cpt_assets.lib.base_model import default_tokenizer_dir, load_tokenizer
+from cpt_assets.lib.chunk_refresh import plot_token_histogram, read_state, refresh_chunks, write_state
+from cpt_assets.lib.chunking import ChunkingConfig
+from cpt_assets.lib.corpus_checks import (
+    documents_accounted_for,
+    duplicate_chunks,
+    empty_chunks,
+    unreadable_documents,
+)
+from cpt_assets.lib.lake import write_records
+from cpt_assets.lib.pdf import extract_source
+from cpt_assets.lib.sources import MirrorIndex, fetch_documents, list_documents
+from cpt_assets.lib.types import Chunk, DroppedChunk, Page, PageFailure, RawDocument
+
+# Follow upstream materialisations (the scheduled raw_pdfs refresh) without a hand-made job per stage.
+FOLLOW_UPSTREAM = dg.AutomationCondition.eager()
+MANIFEST_COLUMNS = ["name", "status", "origin", "pages", "bytes", "sha256", "hash_mismatch", "title", "error"]
+
+
+def check_result(
+    name: str, outcome: tuple[bool, str, dict], severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
+) -> dg.AssetCheckResult:
+    """An AssetCheckResult from a pure check function's (passed, description, details)."""
+    passed, description, details = outcome
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=passed,
+        severity=severity,
+        description=description,
+        metadata={"details": dg.MetadataValue.json(details)} if details else {},
+    )
+
+
+def content_version(hashes: list[str]) -> dg.DataVersion:
+    """A data version from the documents' content hashes: unchanged PDFs, unchanged version."""
+    return dg.DataVersion(hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16])
+
+
+@dg.asset(
+    partitions_def=source_partitions,
+    group_name="corpus",
+    kinds={"pdf", "parquet"},
+    check_specs=[dg.AssetCheckSpec("all_pdfs_readable", asset="raw_pdfs", description="every PDF fetched and opens")],
+    description="The source's PDFs, fetched (mirror by sha256, then download with resume) and stored under "
+    "data_lake/raw/source=NAME/, with a manifest row per document (failures included, with their reason).",
+)
+def raw_pdfs(context: dg.AssetExecutionContext, lake: LakeResource, sources: SourcesResource) -> dg.MaterializeResult:
+    lk = lake.lake()
+    registry = sources.load()
+    source = registry.get(context.partition_key)
+    refs = list_documents(source)
+    previous = lk.read_manifest(source.name)
+    mirror = MirrorIndex(registry.mirror) if registry.mirror and registry.mirror.is_dir() else None
+    if registry.mirror and mirror is None:
+        context.log.warning(f"mirror folder {registry.mirror} does not exist; downloading from the URLs instead")
+    result = fetch_documents(source, refs, lk.raw_dir(source.name), mirror=mirror, previous=previous)
+    write_records(result.rows, RawDocument, lk.manifest_path(source.name))
+
+    before = {row.doc_id: row.sha256 for row in previous if row.status == "ok"}
+    changed = [row.name for row in result.rows if row.status == "ok" and before.get(row.doc_id) != row.sha256]
+    for row in result.failed:
+        context.log.warning(f"{row.doc_id}: {row.error}")
+    rows = [
+        {
+            "name": r.name,
+            "status": r.status,
+            "origin": r.origin,
+            "pages": r.pages,
+            "bytes": r.bytes,
+            "sha256": (r.sha256 or "")[:12],
+            "hash_mismatch": r.hash_mismatch,
+            "title": r.title,
+            "error": r.error,
+        }
+        for r in result.rows
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "source": source.name,
+            "kind": source.kind,
+            "documents": len(result.rows),
+            "documents_ok": result.ok,
+            "documents_failed": len(result.failed),
+            "new_or_changed": len(changed),
+            "unchanged": result.ok - len(changed),
+            "pages": sum(r.pages for r in result.rows),
+            "bytes": dg.MetadataValue.int(result.total_bytes),
+            "bytes_downloaded": result.bytes_downloaded,
+            "bytes_copied": result.bytes_copied,
+            "origins": dg.MetadataValue.json(result.origins),
+            "hash_mismatches": dg.MetadataValue.json([r.name for r in result.hash_mismatches]),
+            "mirror": str(registry.mirror) if mirror else "none",
+            "seconds": round(result.seconds, 2),
+            "manifest": table_value(rows, MANIFEST_COLUMNS),
+            "failures": dg.MetadataValue.md(
+                markdown_table([r for r in rows if r["status"] == "failed"], ["name", "error"], width=160)
+            ),
+            "path": dg.MetadataValue.path(str(lk.manifest_path(source.name))),
+        },
+        data_version=content_version([r.sha256 or "" for r in result.rows if r.status == "ok"]),
+        check_results=[
+            check_result("all_pdfs_readable", unreadable_documents(result.rows), dg.AssetCheckSeverity.WARN)
+        ],
+    )
+
+
+@dg.asset(
+    partitions_def=source_partitions,
+    deps=[raw_pdfs],
+    group_name="corpus",
+    kinds={"pymupdf", "parquet"},
+    automation_condition=FOLLOW_UPSTREAM,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "every_pdf_extracted_or_explained",
+            asset="page_text",
+            description="every document has page text or a failure row with its reason",
+        )
+    ],
+    description="Text of every page in reading order (pymupdf; OCR for image-only scans when the source enables "
+    "it). Unreadable documents are rows of failures.parquet with their reason. Unchanged PDFs are reused.",
+)
+def page_text(context: dg.AssetExecutionContext, lake: LakeResource, sources: SourcesResource) -> dg.MaterializeResult:
+    lk = lake.lake()
+    source = sources.load().get(context.partition_key)
+    manifest = lk.read_manifest(source.name)
+    if not manifest:
+        raise FileNotFoundError(
+            f"no manifest at {lk.manifest_path(source.name)}: materialise raw_pdfs[{source.name}] first"
+        )
+    result = extract_source(manifest, lk.read_pages(source.name), lk.read_page_failures(source.name), ocr=source.ocr)
+    write_records(result.pages, Page, lk.pages_path(source.name))
+    write_records(result.failures, PageFailure, lk.page_failures_path(source.name))
+    for failure in result.failures:
+        context.log.warning(f"{failure.doc_id}: {failure.error}")
+
+    documents = [
+        {
+            "doc_id": d.doc_id,
+            "status": d.status,
+            "pages": d.pages,
+            "chars": d.chars,
+            "ocr_pages": d.ocr_pages,
+            "seconds": round(d.seconds, 3),
+            "error": d.error,
+        }
+        for d in result.documents
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "documents": len(result.documents),
+            "documents_extracted": result.documents_extracted,
+            "documents_reused": result.documents_reused,
+            "documents_failed": result.documents_failed,
+            "reextracted_nothing": result.documents_extracted == 0,
+            "pages": len(result.pages),
+            "pages_extracted": result.pages_extracted,
+            "empty_pages": result.empty_pages,
+            "ocr_pages": result.ocr_pages,
+            "chars": result.chars,
+            "seconds": round(result.seconds, 2),
+            "pages_per_second": round(result.pages_per_second, 1),
+            "documents_table": table_value(
+                documents, ["doc_id", "status", "pages", "chars", "ocr_pages", "seconds", "error"]
+            ),
+            "failures": dg.MetadataValue.md(
+                markdown_table(
+                    [{"doc_id": f.doc_id, "error": f.error} for f in result.failures], ["doc_id", "error"], 160
+                )
+            ),
+            "path": dg.MetadataValue.path(str(lk.pages_path(source.name))),
+        },
+        data_version=content_version(list({f"{p.doc_id}:{p.doc_sha256}" for p in result.pages})),
+        check_results=[
+            check_result(
+                "every_pdf_extracted_or_explained", documents_accounted_for(manifest, result.pages, result.failures)
+            )
+        ],
+    )
+
+
+class CleanChunksConfig(config_class(ChunkingConfig, "ChunkingRunConfig")):
+    tokenizer: str = ""  # HF tokenizer folder whose tokens size the chunks; empty: the default base model's (SmolLM2)
+
+
+@dg.asset(
+    partitions_def=source_partitions,
+    deps=[page_text],
+    group_name="corpus",
+    kinds={"nltk", "parquet", "duckdb"},
+    automation_condition=FOLLOW_UPSTREAM,
+    check_specs=[
+        dg.AssetCheckSpec("no_empty_chunks", asset="clean_chunks"),
+        dg.AssetCheckSpec("no_duplicate_chunks", asset="clean_chunks"),
+    ],
+    description="Cleaned text (page furniture, TOCs, boilerplate, dotted leaders, hyphenation removed) cut into "
+    "sentence-aware chunks of about target_tokens base-model tokens; exact duplicates dropped, near-duplicates "
+    "marked. Only documents whose PDF changed are re-chunked.",
+)
+def clean_chunks(
+    context: dg.AssetExecutionContext, config: CleanChunksConfig, lake: LakeResource
+) -> dg.MaterializeResult:
+    lk = lake.lake()
+    source = context.partition_key
+    if not lk.pages_path(source).exists():
+        raise FileNotFoundError(f"no page text at {lk.pages_path(source)}: materialise page_text[{source}] first")
+    tokenizer_dir = Path(config.tokenizer) if config.tokenizer else default_tokenizer_dir()
+    refresh = refresh_chunks(
+        lk.read_pages(source),
+        lk.read_chunks(source),
+        lk.read_dropped(source),
+        read_state(lk.chunk_state_path(source)),
+        lk.splitter_path(source),
+        tokenizer_dir,
+        to_dataclass(config, ChunkingConfig),
+        load_tokenizer=load_tokenizer,
+    )
+    write_records(refresh.chunks, Chunk, lk.chunks_path(source))
+    write_records(refresh.dropped, DroppedChunk, lk.dropped_path(source))
+    write_state(refresh.state, lk.chunk_state_path(source))
+    context.log.info(refresh.reason)
+
+    tokens = [c.n_tokens for c in refresh.chunks]
+    histogram = plot_token_histogram(tokens, lk.token_histogram_path(source), f"{source}: tokens per chunk")
+    dropped_reasons = dict(Counter(d.reason for d in refresh.dropped))
+    result = refresh.result
+    metadata = {
+        "documents": len(refresh.state.documents),
+        "documents_rechunked": len(refresh.rechunked),
+        "documents_reused": len(refresh.reused),
+        "documents_removed": len(refresh.removed),
+        "rechunked_nothing": not refresh.rechunked,
+        "refresh": refresh.reason,
+        "chunks": len(refresh.chunks),
+        "tokens": sum(tokens),
+        "tokens_per_chunk_mean": round(sum(tokens) / len(tokens), 1) if tokens else 0.0,
+        "tokens_per_chunk_max": max(tokens, default=0),
+        "dropped": len(refresh.dropped),
+        "dropped_by_reason": counts_md(dropped_reasons),
+        "near_duplicates": sum(1 for c in refresh.chunks if c.near_duplicate_of),
+        "splitter_trained": refresh.splitter_trained,
+        "token_histogram": png_markdown(histogram, f"{source}: tokens per chunk"),
+        "preview": table_value(
+            [
+                {"doc_id": c.doc_id, "chunk": c.chunk_index, "tokens": c.n_tokens, "text": c.text[:300]}
+                for c in refresh.chunks[:20]
+            ],
+            ["doc_id", "chunk", "tokens", "text"],
+        ),
+        "path": dg.MetadataValue.path(str(lk.chunks_path(source))),
+    }
+    if result is not None:
+        metadata |= {
+            "seconds": round(result.seconds, 2),
+            "seconds_by_phase": dg.MetadataValue.json(result.timings),
+            "mb_per_second": round(result.chars_in / 1e6 / result.seconds, 3) if result.seconds else 0.0,
+            "pages_dropped_by_reason": counts_md(result.dropped_pages),
+            "lines_removed_by_reason": counts_md(result.removed_lines),
+            "edits": counts_md(result.edits, key="edit"),
+            "token_counts_verified": result.token_counts_verified,
+        }
+    return dg.MaterializeResult(
+        metadata=metadata,
+        data_version=dg.DataVersion(
+            hashlib.sha256("".join(c.chunk_id for c in refresh.chunks).encode()).hexdigest()[:16]
+        ),
+        check_results=[
+            check_result("no_empty_chunks", empty_chunks(refresh.chunks)),
+            check_result("no_duplicate_chunks", duplicate_chunks(refresh.chunks)),
+        ],
+    )

@@ -1,0 +1,31 @@
+"""Jobs the CLI and schedules launch. Users can also materialise any selection from the UI."""
+
+import dagster as dg
+
+CORPUS_JOB = "corpus_job"
+SPLITS_JOB = "splits_job"
+MODEL_JOB = "model_job"
+
+CORPUS_ASSETS = dg.AssetSelection.assets("raw_pdfs", "page_text", "clean_chunks")
+MODEL_ASSETS = dg.AssetSelection.groups("model", "evaluation", "export")
+
+corpus_job = dg.define_asset_job(
+    CORPUS_JOB,
+    selection=CORPUS_ASSETS,
+    description="One source partition: fetch its PDFs, extract page text, clean and chunk.",
+)
+splits_job = dg.define_asset_job(
+    SPLITS_JOB,
+    selection=dg.AssetSelection.assets("corpus_splits"),
+    description="Train/validation/test splits over every source's chunks.",
+)
+model_job = dg.define_asset_job(
+    MODEL_JOB,
+    selection=MODEL_ASSETS,
+    description="Base model -> LoRA adapter -> evaluation report -> merged model -> GGUF.",
+)
+refresh_job = dg.define_asset_job(
+    "corpus_refresh_job",
+    selection=dg.AssetSelection.assets("raw_pdfs"),
+    description="Re-fetch one source; downstream corpus assets follow through their automation conditions.",
+)

@@ -1,0 +1,106 @@
+"""The lora_adapter asset: continual pretraining on the train split, validated on the validation split.
+
+It runs in the "gpu" pool (dagster.yaml limits the pool), so two training steps never share an accelerator while
+corpus steps run in parallel; the pool sits on the asset itself, so it also holds when a user materialises from the
+UI rather than through a job (dagster #33430).
+"""
+
+import json
+import os
+from collections import defaultdict
+
+import dagster as dg
+
+from cpt_assets.defs.config import config_class, to_dataclass
+from cpt_assets.defs.corpus.splits import corpus_splits
+from cpt_assets.defs.metadata import markdown_table, png_markdown
+from cpt_assets.defs.resources import LakeResource
+from cpt_assets.defs.training.base import base_model
+from cpt_assets.lib.lake import Lake, read_split
+from cpt_assets.lib.training import TrainingConfig, loss_table, plot_losses, train_adapter
+
+TrainingRunConfig = config_class(TrainingConfig, "TrainingRunConfig")
+
+
+def detected_device() -> str:
+    """A cheap look for an NVIDIA device at load time (the run itself decides with torch and reports it)."""
+    return "cuda" if os.path.exists("/dev/nvidia0") and os.environ.get("CUDA_VISIBLE_DEVICES", "0") != "" else "cpu"
+
+
+def split_texts(lake: Lake, split: str) -> dict[str, list[str]]:
+    """doc_id -> chunk texts in document order, from a split's parquet file."""
+    texts: dict[str, list[str]] = defaultdict(list)
+    for chunk in sorted(read_split(lake, split), key=lambda c: (c.doc_id, c.chunk_index)):
+        texts[chunk.doc_id].append(chunk.text)
+    return dict(texts)
+
+
+@dg.asset(
+    deps=[corpus_splits, base_model],
+    group_name="model",
+    kinds={"pytorch", "peft"},
+    pool="gpu",
+    op_tags={"cpt/device": detected_device()},
+    description="LoRA adapter continually pretrained on the train split (fp32 LoRA on CPU with a token budget; "
+    "bf16 LoRA, QLoRA or unsloth on CUDA). Killed runs resume from the newest checkpoint in data_lake/models/"
+    "checkpoints when materialised again with the same config and data.",
+)
+def lora_adapter(
+    context: dg.AssetExecutionContext, config: TrainingRunConfig, lake: LakeResource
+) -> dg.MaterializeResult:
+    training_config = to_dataclass(config, TrainingConfig)
+    lk = lake.lake()
+    if not lk.split_path("train").exists():
+        raise FileNotFoundError(f"no train split at {lk.split_path('train')}: materialise corpus_splits first")
+
+    def progress(line: dict) -> None:
+        context.log.info(json.dumps({k: v for k, v in line.items() if isinstance(v, (int, float, str))}))
+
+    result = train_adapter(
+        lk.base_model_dir,
+        split_texts(lk, "train"),
+        split_texts(lk, "validation"),
+        training_config,
+        lk.adapter_dir,
+        lk.checkpoints_dir,
+        progress_callback=progress,
+    )
+    chart = plot_losses(result, lk.adapter_dir.parent / "training_loss.png")
+    base_loss, final_loss = result.base_eval_loss, result.final_eval_loss
+    return dg.MaterializeResult(
+        metadata={
+            "device": result.device,
+            "method": result.method,
+            "fallback_reason": result.fallback_reason or "none",
+            "precision": result.precision,
+            "speedups": dg.MetadataValue.json(list(result.speedups)),
+            "steps": result.steps,
+            "steps_this_run": result.steps_this_run,
+            "tokens_seen": result.tokens_seen,
+            "tokens_per_second": round(result.tokens_per_second, 1),
+            "validation_loss_base": round(base_loss, 4) if base_loss is not None else None,
+            "validation_loss_final": round(final_loss, 4) if final_loss is not None else None,
+            "validation_loss_lowered": bool(
+                base_loss is not None and final_loss is not None and final_loss < base_loss
+            ),
+            "trainable_parameters": result.trainable_parameters,
+            "trainable_share": round(result.trainable_share, 5),
+            "total_parameters": result.total_parameters,
+            "peak_memory_bytes": dg.MetadataValue.int(result.peak_memory_bytes),
+            "wall_seconds": round(result.wall_seconds, 1),
+            "adapter_bytes": dg.MetadataValue.int(result.adapter_bytes),
+            "resumed_from_checkpoint": result.resumed_from_checkpoint or "none",
+            "resume_reason": result.resume_reason,
+            "train_blocks": result.train_blocks,
+            "validation_blocks": result.validation_blocks,
+            "block_size": result.block_size,
+            "config_hash": result.config_hash,
+            "data_fingerprint": result.data_fingerprint,
+            "loss_chart": png_markdown(chart, "train and validation loss"),
+            "losses": dg.MetadataValue.md(
+                markdown_table(loss_table(result), ["step", "train_loss", "validation_loss"])
+            ),
+            "adapter_path": dg.MetadataValue.path(str(result.adapter_dir)),
+        },
+        data_version=dg.DataVersion(f"{result.config_hash}-{result.data_fingerprint[:8]}"),
+    )

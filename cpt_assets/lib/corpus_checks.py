@@ -1,0 +1,48 @@
+"""Pure check functions behind the corpus asset checks: each returns (passed, description, details)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from cpt_assets.lib.types import Chunk, Page, PageFailure, RawDocument
+
+CheckOutcome = tuple[bool, str, dict]
+
+
+def unreadable_documents(manifest: Iterable[RawDocument]) -> CheckOutcome:
+    """Documents that could not be fetched or opened, with their reasons (a warning, not a hard failure)."""
+    failed = {row.doc_id: row.error for row in manifest if row.status != "ok"}
+    if failed:
+        return False, f"{len(failed)} document(s) could not be fetched or opened", failed
+    return True, "every document was fetched and opens", {}
+
+
+def documents_accounted_for(
+    manifest: Iterable[RawDocument], pages: Iterable[Page], failures: Iterable[PageFailure]
+) -> CheckOutcome:
+    """Every manifest document has pages or a failure row with a non-empty reason."""
+    with_pages = {page.doc_id for page in pages}
+    reasons = {failure.doc_id: failure.error for failure in failures}
+    missing = [row.doc_id for row in manifest if row.doc_id not in with_pages and not reasons.get(row.doc_id)]
+    if missing:
+        return False, f"{len(missing)} document(s) neither extracted nor recorded with a reason", {"missing": missing}
+    return True, "every document is either extracted or recorded with a reason", {
+        "extracted": len(with_pages),
+        "failed_with_reason": len(reasons),
+    }
+
+
+def empty_chunks(chunks: Iterable[Chunk]) -> CheckOutcome:
+    empty = [c.chunk_id for c in chunks if not c.text.strip() or c.n_tokens <= 0]
+    if empty:
+        return False, f"{len(empty)} empty chunk(s)", {"chunk_ids": empty[:20]}
+    return True, "no empty chunks", {}
+
+
+def duplicate_chunks(chunks: Iterable[Chunk]) -> CheckOutcome:
+    counts = Counter(c.chunk_id for c in chunks)
+    duplicated = {chunk_id: n for chunk_id, n in counts.items() if n > 1}
+    if duplicated:
+        return False, f"{len(duplicated)} chunk text(s) occur more than once", {"chunk_ids": list(duplicated)[:20]}
+    return True, "no exact duplicate chunks", {}

@@ -1,0 +1,95 @@
+"""The code location loads, with the graph, jobs, pools, schedule and automation a user expects."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import dagster as dg
+
+from cpt_assets.definitions import defs
+
+GRAPH = [
+    "raw_pdfs",
+    "page_text",
+    "clean_chunks",
+    "corpus_splits",
+    "base_model",
+    "lora_adapter",
+    "eval_report",
+    "merged_model",
+    "gguf_model",
+]
+
+
+def test_definitions_load_with_the_whole_graph_in_order():
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == set(GRAPH)
+    upstream = {
+        "page_text": {"raw_pdfs"},
+        "clean_chunks": {"page_text"},
+        "corpus_splits": {"clean_chunks"},
+        "lora_adapter": {"corpus_splits", "base_model"},
+        "eval_report": {"lora_adapter"},
+        "merged_model": {"lora_adapter", "base_model"},
+        "gguf_model": {"merged_model", "corpus_splits"},
+    }
+    for asset, parents in upstream.items():
+        assert {p.to_user_string() for p in graph.get(dg.AssetKey(asset)).parent_keys} == parents
+
+
+def test_training_runs_in_the_gpu_pool_tagged_with_its_device():
+    node = defs.resolve_assets_def("lora_adapter").node_def
+    assert node.pool == "gpu"
+    assert node.tags["cpt/device"] in ("cpu", "cuda")
+    corpus_node = defs.resolve_assets_def("page_text").node_def
+    assert corpus_node.pool is None
+
+
+def test_jobs_schedule_and_automation_are_defined():
+    for job in ("corpus_job", "splits_job", "model_job", "corpus_refresh_job"):
+        assert defs.resolve_job_def(job) is not None
+    model_job = defs.resolve_job_def("model_job")
+    assert {n.name for n in model_job.graph.node_defs} == {
+        "base_model",
+        "lora_adapter",
+        "eval_report",
+        "merged_model",
+        "gguf_model",
+    }
+    schedule = defs.resolve_schedule_def("corpus_refresh_schedule")
+    assert schedule.cron_schedule == "0 3 * * *"
+    import datetime
+
+    when = datetime.datetime(2026, 11, 24, 3, tzinfo=datetime.UTC)
+    with dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def()) as context:
+        requests = schedule.evaluate_tick(context).run_requests
+    assert {r.partition_key for r in requests} == {"nist", "ietf"}
+    assert {r.run_key for r in requests} == {"refresh-nist-2026-11-24", "refresh-ietf-2026-11-24"}
+    assert defs.resolve_sensor_def("corpus_automation") is not None
+
+
+def test_a_source_added_to_the_registry_becomes_a_partition(tmp_path):
+    registry = tmp_path / "sources.yaml"
+    registry.write_text(
+        "sources:\n"
+        "  - {name: nist, kind: pdf_folder, location: a}\n"
+        "  - {name: ietf, kind: pdf_folder, location: b}\n"
+        "  - {name: etsi, kind: url_list, location: etsi.csv}\n",
+        encoding="utf-8",
+    )
+    script = (
+        "import json; from cpt_assets.definitions import defs; "
+        "print(json.dumps(defs.resolve_assets_def('raw_pdfs').partitions_def.get_partition_keys()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**__import__("os").environ, "CPT_SOURCES": str(registry)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["nist", "ietf", "etsi"]

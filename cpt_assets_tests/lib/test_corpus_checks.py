@@ -1,0 +1,49 @@
+import pytest
+
+from cpt_assets.lib.corpus_checks import documents_accounted_for, duplicate_chunks, empty_chunks, unreadable_documents
+from cpt_assets.lib.types import Chunk, Page, PageFailure, RawDocument
+
+
+def raw(name, status="ok", error=""):
+    return RawDocument(doc_id=f"s/{name}", source="s", name=name, status=status, error=error)
+
+
+def page(name):
+    return Page(doc_id=f"s/{name}", source="s", doc_sha256="h", page_number=1, text="t", chars=1)
+
+
+def chunk(chunk_id, text="text", tokens=3):
+    return Chunk(chunk_id, "s/a", "s", "h", 0, text, tokens, len(text))
+
+
+@pytest.mark.parametrize(
+    ("manifest", "pages", "failures", "passed"),
+    [
+        ([raw("a"), raw("b")], [page("a"), page("b")], [], True),
+        ([raw("a"), raw("b", "failed", "encrypted")], [page("a")], [PageFailure("s/b", "s", "", "encrypted")], True),
+        ([raw("a"), raw("b")], [page("a")], [], False),
+        ([raw("a"), raw("b")], [page("a")], [PageFailure("s/b", "s", "", "")], False),
+    ],
+)
+def test_documents_accounted_for(manifest, pages, failures, passed):
+    assert documents_accounted_for(manifest, pages, failures)[0] is passed
+
+
+def test_unreadable_documents_lists_reasons():
+    passed, _, details = unreadable_documents([raw("a"), raw("b", "failed", "not a PDF")])
+    assert not passed and details == {"s/b": "not a PDF"}
+    assert unreadable_documents([raw("a")])[0]
+
+
+@pytest.mark.parametrize(
+    ("chunks", "empty_ok", "dup_ok"),
+    [
+        ([chunk("1"), chunk("2")], True, True),
+        ([chunk("1", text="  "), chunk("2")], False, True),
+        ([chunk("1", tokens=0)], False, True),
+        ([chunk("1"), chunk("1")], True, False),
+    ],
+)
+def test_chunk_checks(chunks, empty_ok, dup_ok):
+    assert empty_chunks(chunks)[0] is empty_ok
+    assert duplicate_chunks(chunks)[0] is dup_ok
