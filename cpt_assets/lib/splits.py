@@ -103,6 +103,68 @@ def assign_documents(
             choice = max(deficit, key=lambda name: (deficit[name], ratios[name]))
             assigned[doc] = choice
             totals[choice] += doc_tokens[doc][1]
+    movable = [doc for doc in doc_tokens if previous.get(doc) not in SPLITS]
+    return rebalance(assigned, doc_tokens, movable, config)
+
+
+MAX_REBALANCE_ROUNDS = 64  # improving moves/swaps applied at most
+MAX_SWAP_DOCUMENTS = 300  # pairwise swaps are tried only below this many new documents (quadratic)
+
+
+def rebalance(
+    assigned: dict[str, str], doc_tokens: dict[str, tuple[str, int]], movable: list[str], config: SplitConfig
+) -> dict[str, str]:
+    """Move or swap newly assigned documents while that lowers the worst deviation from the ratios overall.
+
+    The per-source greedy pass keeps every source in every split, but summed over sources the shares can miss the
+    ratios by a few points; single moves and pairwise swaps of this run's new documents close that gap without
+    touching earlier assignments or taking a source out of a split it is in.
+    """
+    assigned = dict(assigned)
+    ratios = config.ratios()
+    totals = dict.fromkeys(SPLITS, 0)
+    count: dict[tuple[str, str], int] = defaultdict(int)
+    for doc, split in assigned.items():
+        totals[split] += doc_tokens[doc][1]
+        count[(doc_tokens[doc][0], split)] += 1
+    grand = sum(totals.values()) or 1
+
+    def worst(changed: dict[str, int]) -> float:
+        return max(abs((totals[name] + changed.get(name, 0)) / grand - ratios[name]) for name in SPLITS)
+
+    best = worst({})
+    for _ in range(MAX_REBALANCE_ROUNDS):
+        improved: tuple[float, dict[str, str]] | None = None
+        for doc in movable:
+            source, tokens = doc_tokens[doc]
+            here = assigned[doc]
+            if count[(source, here)] == 1:
+                continue  # the source's only document in this split stays
+            for split in SPLITS:
+                if split != here:
+                    deviation = worst({here: -tokens, split: tokens})
+                    if deviation < best - 1e-12 and (improved is None or deviation < improved[0]):
+                        improved = (deviation, {doc: split})
+        if len(movable) <= MAX_SWAP_DOCUMENTS:
+            for i, first in enumerate(movable):
+                for second in movable[i + 1 :]:
+                    a, b = assigned[first], assigned[second]
+                    (source_1, tokens_1), (source_2, tokens_2) = doc_tokens[first], doc_tokens[second]
+                    if a == b or (source_1 != source_2 and (count[(source_1, a)] == 1 or count[(source_2, b)] == 1)):
+                        continue
+                    deviation = worst({a: tokens_2 - tokens_1, b: tokens_1 - tokens_2})
+                    if deviation < best - 1e-12 and (improved is None or deviation < improved[0]):
+                        improved = (deviation, {first: b, second: a})
+        if improved is None:
+            break
+        best, change = improved
+        for doc, split in change.items():
+            source, tokens = doc_tokens[doc]
+            totals[assigned[doc]] -= tokens
+            count[(source, assigned[doc])] -= 1
+            totals[split] += tokens
+            count[(source, split)] += 1
+            assigned[doc] = split
     return assigned
 
 
