@@ -16,7 +16,13 @@ from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
 from cpt_assets.defs.training.base import base_model
 from cpt_assets.lib.base_model import describe_model_dir, exported_source
-from cpt_assets.lib.gguf_export import GGUFExportConfig, Provenance, export_gguf, toolchain_versions
+from cpt_assets.lib.gguf_export import (
+    VERIFICATION_FILE,
+    GGUFExportConfig,
+    Provenance,
+    export_gguf,
+    toolchain_versions,
+)
 from cpt_assets.lib.gguf_verify import gguf_loads, perplexity_within, tokenization_matches
 from cpt_assets.lib.lake import SPLIT_NAMES, Lake, read_split, sha256_file
 from cpt_assets.lib.merge import merge_adapter
@@ -44,6 +50,19 @@ def merged_model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
             "changed_tensors": result.changed_tensors,
             "max_abs_delta": float(result.max_abs_delta),
             "parameters": result.parameters,
+            "changed_parameters_share": round(result.changed_share, 5),
+            "weight_change_by_module": table_value(
+                result.change_table(),
+                [
+                    "module",
+                    "tensors",
+                    "changed_tensors",
+                    "parameters",
+                    "changed_pct",
+                    "max_abs_delta",
+                    "relative_change",
+                ],
+            ),
             "weights_bytes": dg.MetadataValue.int(result.weights_bytes),
             "weights_sha256": result.weights_sha256,
             "adapter_config_sha256": result.adapter_config_sha256,
@@ -126,6 +145,7 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
         "toolchain": dg.MetadataValue.json(toolchain_versions()),
         "modelfile": dg.MetadataValue.md(f"```\n{export.modelfile.read_text()}\n```"),
         "gguf_path": dg.MetadataValue.path(str(target.path)),
+        "verification": dg.MetadataValue.path(str(lk.gguf_dir / VERIFICATION_FILE)),
     }
     for gguf_file in export.files:
         prefix = gguf_file.file_type.lower()
