@@ -216,6 +216,10 @@ class Lake:
         return self.models_dir / "checkpoints"
 
     @property
+    def training_chart_path(self) -> Path:
+        return self.models_dir / "training_loss.png"
+
+    @property
     def merged_model_dir(self) -> Path:
         return self.models_dir / "merged"
 

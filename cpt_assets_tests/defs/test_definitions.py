@@ -93,3 +93,14 @@ def test_a_source_added_to_the_registry_becomes_a_partition(tmp_path):
         check=True,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["nist", "ietf", "etsi"]
+
+
+def test_the_instance_config_gives_the_gpu_pool_one_slot(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).parents[2] / "dagster.yaml", tmp_path / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        config = instance.get_concurrency_config()
+    assert config.pool_config.default_pool_limit == 1
+    assert config.run_queue_config.max_concurrent_runs == 4

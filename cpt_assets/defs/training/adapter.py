@@ -65,7 +65,7 @@ def lora_adapter(
         lk.checkpoints_dir,
         progress_callback=progress,
     )
-    chart = plot_losses(result, lk.adapter_dir.parent / "training_loss.png")
+    chart = plot_losses(result, lk.training_chart_path)
     base_loss, final_loss = result.base_eval_loss, result.final_eval_loss
     return dg.MaterializeResult(
         metadata={
