@@ -56,6 +56,9 @@ def test_base_model_and_adapter_report_what_a_user_judges_training_by(model_run,
     assert 0 < adapter["trainable_share"] < 1
     assert adapter["validation_loss_base"] > 0 and adapter["validation_loss_final"] > 0
     assert "data:image/png;base64," in adapter["loss_chart"]
+    lowered = adapter["validation_loss_final"] < adapter["validation_loss_base"]
+    assert adapter["validation_loss_lowered"] is lowered
+    assert check_evaluations(model_run)["validation_loss_below_base"].passed is lowered
     assert (corpus_lake.lake.adapter_dir / "adapter_config.json").exists()
 
 

@@ -41,6 +41,13 @@ def split_texts(lake: Lake, split: str) -> dict[str, list[str]]:
     kinds={"pytorch", "peft"},
     pool="gpu",
     op_tags={"cpt/device": detected_device()},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "validation_loss_below_base",
+            asset="lora_adapter",
+            description="the adapter's final validation loss is below the base model's (evaluation at step 0)",
+        )
+    ],
     description="LoRA adapter continually pretrained on the train split (fp32 LoRA on CPU with a token budget; "
     "bf16 LoRA, QLoRA or unsloth on CUDA). Killed runs resume from the newest checkpoint in data_lake/models/"
     "checkpoints when materialised again with the same config and data.",
@@ -67,6 +74,7 @@ def lora_adapter(
     )
     chart = plot_losses(result, lk.training_chart_path)
     base_loss, final_loss = result.base_eval_loss, result.final_eval_loss
+    lowered = bool(base_loss is not None and final_loss is not None and final_loss < base_loss)
     return dg.MaterializeResult(
         metadata={
             "device": result.device,
@@ -80,9 +88,7 @@ def lora_adapter(
             "tokens_per_second": round(result.tokens_per_second, 1),
             "validation_loss_base": round(base_loss, 4) if base_loss is not None else None,
             "validation_loss_final": round(final_loss, 4) if final_loss is not None else None,
-            "validation_loss_lowered": bool(
-                base_loss is not None and final_loss is not None and final_loss < base_loss
-            ),
+            "validation_loss_lowered": lowered,
             "trainable_parameters": result.trainable_parameters,
             "trainable_share": round(result.trainable_share, 5),
             "total_parameters": result.total_parameters,
@@ -103,4 +109,12 @@ def lora_adapter(
             "adapter_path": dg.MetadataValue.path(str(result.adapter_dir)),
         },
         data_version=dg.DataVersion(f"{result.config_hash}-{result.data_fingerprint[:8]}"),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="validation_loss_below_base",
+                passed=lowered,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=f"validation loss {base_loss} (base) -> {final_loss} (adapted) after {result.steps} steps",
+            )
+        ],
     )
