@@ -33,7 +33,7 @@ from typing import Any
 
 from cpt_assets.lib.lake import atomic_path
 from cpt_assets.lib.metrics import TextScores, perplexity, score_texts
-from cpt_assets.lib.packing import DOCUMENT_CHUNK_SEPARATOR
+from cpt_assets.lib.packing import DOCUMENT_CHUNK_SEPARATOR, document_separator_id
 
 log = logging.getLogger(__name__)
 
@@ -535,9 +535,7 @@ class PreparedInputs:
 
 def prepare_inputs(rows: list[TestRow], tokenizer: Any, config: EvalConfig) -> PreparedInputs:
     """Pack each source's documents into blocks (bounded), and pick the continuation samples."""
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        raise ValueError("The tokenizer has no EOS token, which packing puts between documents")
+    eos_id = document_separator_id(tokenizer)  # the separator training packed with, so both see the same stream
     rng = random.Random(config.seed)
     by_source = _documents_by_source(rows)
     packed = {

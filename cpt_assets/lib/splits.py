@@ -62,11 +62,15 @@ class SplitResult:
     chunk_share: dict[str, float] = field(default_factory=dict)
 
     def split_hash(self, split: str) -> str:
-        """Content hash of a split (its chunk ids in order), for provenance."""
-        digest = hashlib.sha256()
-        for chunk in sorted(self.rows[split], key=lambda c: (c.doc_id, c.chunk_index)):
-            digest.update(chunk.chunk_id.encode())
-        return digest.hexdigest()
+        return split_content_hash(self.rows[split])
+
+
+def split_content_hash(chunks: list[Chunk]) -> str:
+    """Content hash of a split (its chunk ids in document order): what provenance records, whatever the file format."""
+    digest = hashlib.sha256()
+    for chunk in sorted(chunks, key=lambda c: (c.doc_id, c.chunk_index)):
+        digest.update(chunk.chunk_id.encode())
+    return digest.hexdigest()
 
 
 def assign_documents(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import dagster as dg
 import pytest
 
 from cpt_assets.defs.evaluation.assets import eval_report
@@ -86,5 +87,9 @@ def test_gguf_loads_in_llama_cpp_and_carries_its_provenance(model_run, corpus_la
     target = corpus_lake.lake.gguf_dir / "model-Q8_0.gguf"
     assert gguf["gguf_path"] == str(target) and target.exists()
     provenance = read_provenance(target)
-    assert any(value == merged["weights_sha256"] for value in provenance.values())
+    assert provenance["cpt.merged_model.sha256"] == merged["weights_sha256"]
+    latest_splits = corpus_lake.instance.get_latest_materialization_event(dg.AssetKey("corpus_splits"))
+    split_hashes = latest_splits.asset_materialization.metadata["split_hashes"].value
+    assert {name: provenance[f"cpt.split.{name}.sha256"] for name in split_hashes} == split_hashes
+    assert provenance["cpt.training.config_sha256"] == materialization(model_run, "lora_adapter")["config_hash"]
     assert "FROM ./model-Q8_0.gguf" in (corpus_lake.lake.gguf_dir / "Modelfile").read_text().splitlines()

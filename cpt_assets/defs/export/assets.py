@@ -26,6 +26,7 @@ from cpt_assets.lib.gguf_export import (
 from cpt_assets.lib.gguf_verify import gguf_loads, perplexity_within, tokenization_matches
 from cpt_assets.lib.lake import SPLIT_NAMES, Lake, read_split, sha256_file
 from cpt_assets.lib.merge import merge_adapter
+from cpt_assets.lib.splits import split_content_hash
 from cpt_assets.lib.training import TRAINING_INFO_FILE
 
 GGUFRunConfig = config_class(GGUFExportConfig, "GGUFRunConfig")
@@ -92,7 +93,7 @@ def export_provenance(lake: Lake, run_id: str) -> Provenance:
         adapter_config_sha256=sha256_file(lake.adapter_dir / "adapter_config.json"),
         training_config_sha256=str(training.get("result", {}).get("config_hash", "")),
         merged_model_sha256=describe_model_dir(lake.merged_model_dir, source).weights_sha256,
-        split_sha256={name: sha256_file(lake.split_path(name)) for name in SPLIT_NAMES},
+        split_sha256={name: split_content_hash(read_split(lake, name)) for name in SPLIT_NAMES},  # = corpus_splits
         run_id=run_id,
     )
 
