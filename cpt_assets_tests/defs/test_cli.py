@@ -49,8 +49,9 @@ def test_an_unknown_source_is_refused_by_name(tmp_path, corpus_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)
 def test_main_job_runs_the_whole_graph_to_a_gguf_llama_cpp_loads(tmp_path, corpus_dir):
-    """The README's main command end to end on the embedded default (real 135M model, CPU): ~15-25 minutes."""
+    """The README's main command end to end on the embedded default (real 135M model, CPU): ~11 minutes here."""
     process, home, lake_root = run_pipeline(tmp_path, corpus_dir)
     assert process.returncode == 0, process.stderr[-5000:]
     runs = runs_in(home)

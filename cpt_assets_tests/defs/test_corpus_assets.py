@@ -111,6 +111,7 @@ def test_refresh_of_unchanged_sources_reextracts_nothing(corpus_lake):
     assert materialization(result, "page_text")["reextracted_nothing"] is True
     chunks = materialization(result, "clean_chunks")
     assert chunks["rechunked_nothing"] is True and chunks["documents_reused"] == len(IETF_GOOD)
+    assert "nothing changed" in chunks["refresh"] and "seconds" in chunks
     assert corpus_lake.lake.chunks_path("ietf").read_bytes() == before
 
 

@@ -6,6 +6,7 @@ re-extracts nothing and says so.
 """
 
 import hashlib
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -222,6 +223,7 @@ def clean_chunks(
     if not lk.pages_path(source).exists():
         raise FileNotFoundError(f"no page text at {lk.pages_path(source)}: materialise page_text[{source}] first")
     tokenizer_dir = Path(config.tokenizer) if config.tokenizer else default_tokenizer_dir()
+    started = time.perf_counter()
     refresh = refresh_chunks(
         lk.read_pages(source),
         lk.read_chunks(source),
@@ -256,6 +258,7 @@ def clean_chunks(
         "dropped_by_reason": counts_md(dropped_reasons),
         "near_duplicates": sum(1 for c in refresh.chunks if c.near_duplicate_of),
         "splitter_trained": refresh.splitter_trained,
+        "seconds": round(time.perf_counter() - started, 2),
         "token_histogram": png_markdown(histogram, f"{source}: tokens per chunk"),
         "preview": table_value(
             [
@@ -268,7 +271,6 @@ def clean_chunks(
     }
     if result is not None:
         metadata |= {
-            "seconds": round(result.seconds, 2),
             "seconds_by_phase": dg.MetadataValue.json(result.timings),
             "mb_per_second": round(result.chars_in / 1e6 / result.seconds, 3) if result.seconds else 0.0,
             "pages_dropped_by_reason": counts_md(result.dropped_pages),
