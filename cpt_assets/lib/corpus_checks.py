@@ -27,10 +27,14 @@ def documents_accounted_for(
     missing = [row.doc_id for row in manifest if row.doc_id not in with_pages and not reasons.get(row.doc_id)]
     if missing:
         return False, f"{len(missing)} document(s) neither extracted nor recorded with a reason", {"missing": missing}
-    return True, "every document is either extracted or recorded with a reason", {
-        "extracted": len(with_pages),
-        "failed_with_reason": len(reasons),
-    }
+    return (
+        True,
+        "every document is either extracted or recorded with a reason",
+        {
+            "extracted": len(with_pages),
+            "failed_with_reason": len(reasons),
+        },
+    )
 
 
 def empty_chunks(chunks: Iterable[Chunk]) -> CheckOutcome:

@@ -93,3 +93,12 @@ def test_gguf_loads_in_llama_cpp_and_carries_its_provenance(model_run, corpus_la
     assert {name: provenance[f"cpt.split.{name}.sha256"] for name in split_hashes} == split_hashes
     assert provenance["cpt.training.config_sha256"] == materialization(model_run, "lora_adapter")["config_hash"]
     assert "FROM ./model-Q8_0.gguf" in (corpus_lake.lake.gguf_dir / "Modelfile").read_text().splitlines()
+
+
+def test_eval_without_continuations_reports_null_text_scores(model_run, corpus_lake):
+    config = {**TINY_EVAL, "max_samples": 0}
+    result = corpus_lake.materialize([eval_report], run_config={"ops": {"eval_report": {"config": config}}})
+    assert result.success
+    report = materialization(result, "eval_report")
+    assert report["base_bleu"] is None and report["samples"] == 0
+    assert report["base_perplexity"] > 1

@@ -1,5 +1,7 @@
 """The eval_report asset: base vs adapted model on the test split, with a red light when training made it worse."""
 
+import math
+
 import dagster as dg
 
 from cpt_assets.defs.config import config_class, to_dataclass
@@ -8,6 +10,12 @@ from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
 from cpt_assets.lib.evaluation import EvalConfig, evaluate_models, perplexity_improved, rich_table, write_report
 from cpt_assets.lib.lake import read_split
+
+
+def finite(value: float, digits: int) -> float | None:
+    """Rounded, or None (shown as null) for a figure not computed, e.g. BLEU with max_samples=0."""
+    return round(value, digits) if math.isfinite(value) else None
+
 
 EvalRunConfig = config_class(EvalConfig, "EvalRunConfig")
 PER_SOURCE_COLUMNS = ["source", "documents", "blocks", "tokens", "base_perplexity", "adapted_perplexity", "change_pct"]
@@ -42,14 +50,14 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
     passed, description = perplexity_improved(report)
     return dg.MaterializeResult(
         metadata={
-            "base_perplexity": round(report.base.perplexity, 4),
-            "adapted_perplexity": round(report.adapted.perplexity, 4),
-            "base_loss": round(report.base.loss, 4),
-            "adapted_loss": round(report.adapted.loss, 4),
-            "base_bleu": round(report.base.bleu, 3),
-            "adapted_bleu": round(report.adapted.bleu, 3),
-            "base_embedding_similarity": round(report.base.embedding_similarity, 4),
-            "adapted_embedding_similarity": round(report.adapted.embedding_similarity, 4),
+            "base_perplexity": finite(report.base.perplexity, 4),
+            "adapted_perplexity": finite(report.adapted.perplexity, 4),
+            "base_loss": finite(report.base.loss, 4),
+            "adapted_loss": finite(report.adapted.loss, 4),
+            "base_bleu": finite(report.base.bleu, 3),
+            "adapted_bleu": finite(report.adapted.bleu, 3),
+            "base_embedding_similarity": finite(report.base.embedding_similarity, 4),
+            "adapted_embedding_similarity": finite(report.adapted.embedding_similarity, 4),
             "share_of_parameters_changed": round(report.share_changed, 5),
             "test_documents": report.test_documents,
             "test_chunks": report.test_rows,
