@@ -130,6 +130,7 @@ def refresh_chunks(
     elif previous_state.config_hash != config_hash:
         reason = "chunking settings changed: every document re-chunked"
         valid = False
+        splitter = None  # cleaning settings shape the text the splitter learns from
     elif previous_state.tokenizer_hash != tok_hash:
         reason = "tokenizer changed: every document re-chunked"
         valid = False
@@ -139,9 +140,6 @@ def refresh_chunks(
     else:
         valid = True
         reason = ""
-    if not valid and previous_state is not None and previous_state.config_hash != config_hash:
-        splitter = None  # cleaning settings shape the text the splitter learns from
-
     known = previous_state.documents if valid and previous_state else {}
     reused = sorted(d for d, sha in current.items() if known.get(d) == sha)
     rechunk = sorted(d for d in current if d not in reused)

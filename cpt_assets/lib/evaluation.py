@@ -535,7 +535,7 @@ class PreparedInputs:
 
 def prepare_inputs(rows: list[TestRow], tokenizer: Any, config: EvalConfig) -> PreparedInputs:
     """Pack each source's documents into blocks (bounded), and pick the continuation samples."""
-    eos_id = document_separator_id(tokenizer)  # the separator training packed with, so both see the same stream
+    separator_id = document_separator_id(tokenizer)  # what training packs between documents: the same stream
     rng = random.Random(config.seed)
     by_source = _documents_by_source(rows)
     packed = {
@@ -547,7 +547,7 @@ def prepare_inputs(rows: list[TestRow], tokenizer: Any, config: EvalConfig) -> P
                 for chunks in docs.values()
             ),
             config.block_size,
-            eos_id,
+            separator_id,
         )
         for source, docs in by_source.items()
     }

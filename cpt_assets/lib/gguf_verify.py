@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cpt_assets.lib.metrics import perplexity
+
 log = logging.getLogger(__name__)
 
 MIN_BLOCK_TOKENS = 16  # a trailing block shorter than this is dropped (too few tokens for a stable perplexity)
@@ -98,11 +100,6 @@ def make_blocks(
     return [block for block in blocks if len(block) >= min(min_tokens, block_size)]
 
 
-def perplexity(nll: Sequence[float]) -> float:
-    """exp(mean NLL); nan for no tokens."""
-    return math.exp(sum(nll) / len(nll)) if len(nll) else float("nan")
-
-
 def _token_nll(logits: np.ndarray, tokens: Sequence[int]) -> np.ndarray:
     """NLL of tokens[1:] under logits[:-1] (one row per position)."""
     rows = np.asarray(logits[: len(tokens) - 1], dtype=np.float32)
@@ -165,7 +162,7 @@ def hf_reference(
         text_tokens=tuple(text_tokens),
         blocks=tuple(tuple(b) for b in blocks),
         token_nll=tuple(nll),
-        perplexity=perplexity(nll),
+        perplexity=perplexity(sum(nll), len(nll)),
         prompts=tuple(prompts),
         prompt_tokens=tuple(prompt_tokens),
         completions=tuple(completions),
@@ -301,7 +298,7 @@ def verify_gguf(
             llm.reset()
             llm.eval(list(block))
             nll.extend(_token_nll(np.asarray(llm.scores[: len(block)]), block).tolist())
-        gguf_ppl = perplexity(nll)
+        gguf_ppl = perplexity(sum(nll), len(nll))
         diffs = np.abs(np.asarray(nll) - np.asarray(reference.token_nll))
 
         eos = llm.token_eos()
