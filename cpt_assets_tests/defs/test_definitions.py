@@ -41,10 +41,12 @@ def test_definitions_load_with_the_whole_graph_in_order():
         assert {p.to_user_string() for p in graph.get(dg.AssetKey(asset)).parent_keys} == parents
 
 
-def test_training_runs_in_the_gpu_pool_tagged_with_its_device():
-    node = defs.resolve_assets_def("lora_adapter").node_def
-    assert node.pool == "gpu"
-    assert node.tags["cpt/device"] in ("cpu", "cuda")
+def test_gpu_steps_run_in_the_gpu_pool_with_no_import_time_device():
+    for asset in ("lora_adapter", "eval_report"):
+        node = defs.resolve_assets_def(asset).node_def
+        assert node.pool == "gpu"
+        assert node.tags["cpt/accelerator"] == "gpu"
+        assert "cpt/device" not in node.tags  # decided when the step runs, as a run tag
     corpus_node = defs.resolve_assets_def("page_text").node_def
     assert corpus_node.pool is None
 

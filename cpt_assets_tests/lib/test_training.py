@@ -474,3 +474,59 @@ def test_default_config_on_real_smollm2_lowers_validation_loss(tmp_path, corpus_
     assert result.final_eval_loss < result.base_eval_loss - 0.05
     assert 0.2 < result.trainable_share < 0.25  # r=128 on 7 projections of 30 layers: 39 M of 174 M
     assert newest_checkpoint(tmp_path / "ckpt").name == "checkpoint-20"
+
+
+# ---- the CUDA profile, out-of-memory retries, MFU -----------------------------------------------------------------
+
+
+def test_cuda_profile_replaces_the_seed_sized_settings_only_on_cuda():
+    config = TrainingConfig()
+    assert config.for_device("cpu") == config
+    cuda = config.for_device("cuda", 8192)
+    assert (cuda.block_size, cuda.per_device_batch_size, cuda.gradient_accumulation_steps) == (2048, 8, 1)
+    assert (cuda.learning_rate, cuda.num_epochs) == (2e-4, 3.0)
+    assert config.for_device("cuda", 1024).block_size == 1024  # capped at the model's context length
+    kept = replace(config, cuda_block_size=0, cuda_learning_rate=0.0).for_device("cuda", 8192)
+    assert (kept.block_size, kept.learning_rate) == (config.block_size, config.learning_rate)  # 0: keep the field
+    with pytest.raises(ValueError, match="TrainingConfig.cuda_batch_size must be >= 0, got -1"):
+        replace(config, cuda_batch_size=-1).validate()
+
+
+@pytest.mark.parametrize(
+    ("batch", "accumulation", "expected"),
+    [(32, 1, (16, 2)), (16, 2, (8, 4)), (2, 1, (1, 2)), (3, 1, (1, 2)), (1, 4, None)],
+)
+def test_out_of_memory_halves_the_batch_and_keeps_the_global_batch(batch, accumulation, expected):
+    from cpt_assets.lib.training import smaller_batch
+
+    assert smaller_batch(batch, accumulation) == expected
+
+
+def test_out_of_memory_is_recognised_by_type_and_message():
+    from cpt_assets.lib.training import is_out_of_memory
+
+    class OutOfMemoryError(RuntimeError):
+        pass
+
+    assert is_out_of_memory(OutOfMemoryError("boom"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not is_out_of_memory(ValueError("bad block_size"))
+
+
+def test_mfu_counts_4n_flops_per_token_against_the_datasheet_peak():
+    from cpt_assets.lib.training import mfu
+
+    assert mfu(100_000, 134_515_008, "NVIDIA H200") == pytest.approx(100_000 * 4 * 134_515_008 / 989e12)
+    assert mfu(100_000, 134_515_008, "NVIDIA H200", world_size=2) == pytest.approx(
+        100_000 * 4 * 134_515_008 / (2 * 989e12)
+    )
+    assert mfu(100_000, 134_515_008, "") is None  # CPU: no peak to compare with
+    assert mfu(0.0, 134_515_008, "NVIDIA H100 80GB HBM3") is None
+
+
+def test_result_round_trips_through_its_dict(trained):
+    from cpt_assets.lib.training import TrainResult
+
+    result = trained[0]
+    again = TrainResult.from_dict(json.loads(json.dumps(result.to_dict(), default=str)))
+    assert again == result

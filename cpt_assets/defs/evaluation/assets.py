@@ -26,6 +26,8 @@ WEIGHT_COLUMNS = ["module_type", "adapted", "parameters", "changed", "share_chan
     deps=[lora_adapter],
     group_name="evaluation",
     kinds={"pytorch", "json"},
+    pool="gpu",  # scores two models on the accelerator when there is one, like training
+    op_tags={"cpt/accelerator": "gpu"},
     check_specs=[
         dg.AssetCheckSpec(
             "adapted_perplexity_below_base",

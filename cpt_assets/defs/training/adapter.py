@@ -6,7 +6,6 @@ UI rather than through a job (dagster #33430).
 """
 
 import json
-import os
 from collections import defaultdict
 
 import dagster as dg
@@ -17,14 +16,10 @@ from cpt_assets.defs.metadata import markdown_table, png_markdown
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.base import base_model
 from cpt_assets.lib.lake import Lake, read_split
-from cpt_assets.lib.training import TrainingConfig, loss_table, plot_losses, train_adapter
+from cpt_assets.lib.launch import process_count, train_adapter_launched
+from cpt_assets.lib.training import TrainingConfig, loss_table, mfu, plot_losses, resolve_plan, train_adapter
 
 TrainingRunConfig = config_class(TrainingConfig, "TrainingRunConfig")
-
-
-def detected_device() -> str:
-    """A cheap look for an NVIDIA device at load time (the run itself decides with torch and reports it)."""
-    return "cuda" if os.path.exists("/dev/nvidia0") and os.environ.get("CUDA_VISIBLE_DEVICES", "0") != "" else "cpu"
 
 
 def split_texts(lake: Lake, split: str) -> dict[str, list[str]]:
@@ -40,7 +35,9 @@ def split_texts(lake: Lake, split: str) -> dict[str, list[str]]:
     group_name="model",
     kinds={"pytorch", "peft"},
     pool="gpu",
-    op_tags={"cpt/device": detected_device()},
+    # The device is decided when the step runs (the webserver and the worker may be different machines); the run
+    # gets a `cpt/device` tag then. This static tag only says that the step wants an accelerator.
+    op_tags={"cpt/accelerator": "gpu"},
     check_specs=[
         dg.AssetCheckSpec(
             "validation_loss_below_base",
@@ -63,21 +60,37 @@ def lora_adapter(
     def progress(line: dict) -> None:
         context.log.info(json.dumps({k: v for k, v in line.items() if isinstance(v, (int, float, str))}))
 
-    result = train_adapter(
+    plan = resolve_plan(training_config)  # fails here, naming the setting, on device=cuda without CUDA
+    processes = process_count(training_config, plan.device)
+    context.instance.add_run_tags(context.run_id, {"cpt/device": plan.device, "cpt/processes": str(processes)})
+    args = (
         lk.base_model_dir,
         split_texts(lk, "train"),
         split_texts(lk, "validation"),
         training_config,
         lk.adapter_dir,
         lk.checkpoints_dir,
-        progress_callback=progress,
     )
+    if processes > 1:
+        context.log.info(f"training with {processes} processes (torchrun, DDP)")
+        result = train_adapter_launched(processes, *args, progress_callback=progress)
+    else:
+        result = train_adapter(*args, progress_callback=progress)
+    utilisation = mfu(result.tokens_per_second, result.total_parameters, result.gpu_name, result.world_size)
     chart = plot_losses(result, lk.training_chart_path)
     base_loss, final_loss = result.base_eval_loss, result.final_eval_loss
     lowered = bool(base_loss is not None and final_loss is not None and final_loss < base_loss)
     return dg.MaterializeResult(
         metadata={
             "device": result.device,
+            "gpu_name": result.gpu_name or "-",
+            "processes": result.world_size,
+            "per_device_batch_size": result.per_device_batch_size,
+            "gradient_accumulation_steps": result.gradient_accumulation_steps,
+            "learning_rate": result.learning_rate,
+            "oom_retries": ", ".join(result.oom_retries) or "-",
+            "mfu_4n": round(utilisation, 4) if utilisation is not None else None,
+            "mfu_flop_count": "4N per token (LoRA over a frozen base), bf16 datasheet peak",
             "method": result.method,
             "fallback_reason": result.fallback_reason or "none",
             "precision": result.precision,
