@@ -5,15 +5,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# A CUDA machine (nvidia-smi answers) keeps the torch it has: the venv sees the system's packages and the `gpu`
+# extra (bitsandbytes, liger-kernel) is added. CPT_WHEELS=DIR installs from a local wheel folder with no index
+# (a machine with no registry: scripts/device_bundle.sh builds one).
+cuda=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then cuda=1; fi
 if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+  if [ "$cuda" = 1 ]; then "$PYTHON" -m venv --system-site-packages .venv; else "$PYTHON" -m venv .venv; fi
 fi
 . .venv/bin/activate
+pip_args=(-q)
+if [ -n "${CPT_WHEELS:-}" ]; then pip_args+=(--no-index --find-links "$CPT_WHEELS" --no-build-isolation); fi
 stamp=.venv/.cpt-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  python -m pip install -q --upgrade pip
-  python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -e ".[dev]"
+  [ -n "${CPT_WHEELS:-}" ] || python -m pip install -q --upgrade pip
+  if [ "$cuda" = 1 ]; then
+    python -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null || python -m pip install "${pip_args[@]}" torch
+    python -m pip install "${pip_args[@]}" -e ".[gpu]"
+  else
+    python -m pip install "${pip_args[@]}" "torch==2.13.0"
+    python -m pip install "${pip_args[@]}" -e ".[dev]"
+  fi
   touch "$stamp"
 fi
 # OCR for image-only scans (sources with `ocr: true`) uses Debian's tesseract; optional, best effort.

