@@ -11,7 +11,14 @@ PYTHON=${PYTHON:-python3}
 cuda=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then cuda=1; fi
 if [ ! -x .venv/bin/python ]; then
-  if [ "$cuda" = 1 ]; then "$PYTHON" -m venv --system-site-packages .venv; else "$PYTHON" -m venv .venv; fi
+  if [ "$cuda" = 1 ]; then
+    "$PYTHON" -m venv --system-site-packages .venv
+    # $PYTHON may itself be a venv's (an image's torch venv): make its packages visible too, torch first of all.
+    site=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$PYTHON" -c 'import torch' 2>/dev/null && echo "$site" >"$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/cpt_machine_site.pth"
+  else
+    "$PYTHON" -m venv .venv
+  fi
 fi
 . .venv/bin/activate
 pip_args=(-q)
