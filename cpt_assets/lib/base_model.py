@@ -57,14 +57,12 @@ def _restore_pre_tokenizer(tokenizer, gguf_path: Path) -> None:
     (llama.cpp pre-tokenizer "smollm") first splits every digit on its own, so without that step a newline, spaces
     and "1350" tokenize differently from SmolLM2's tokenizer and from llama.cpp (12 of 29 RFC pages differed).
     """
-    from llama_cpp import Llama
+    from gguf import GGUFReader
     from tokenizers import pre_tokenizers
 
-    llm = Llama(model_path=str(gguf_path), vocab_only=True, n_ctx=16, verbose=False)
-    try:
-        pre = llm.metadata.get("tokenizer.ggml.pre")
-    finally:
-        llm.close()
+    # gguf-py's reader, not llama.cpp: a pure-Python read of one key cannot take the process down with it.
+    field = GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.pre")
+    pre = field.contents() if field is not None else None
     if pre == "smollm":
         tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [
