@@ -134,12 +134,15 @@ def hf_reference(
         total = sum(len(t) for t in text_tokens)
         raise ValueError(f"Verification texts give {total} tokens; at least {MIN_BLOCK_TOKENS} are needed")
 
-    model = AutoModelForCausalLM.from_pretrained(str(hf_model_dir), dtype=torch.float32)
+    # On the GPU when there is one: a training step earlier in the same process may have patched the model classes
+    # with Liger's Triton kernels, which run on CUDA tensors only.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(str(hf_model_dir), dtype=torch.float32).to(device)
     model.eval()
     nll: list[float] = []
     with torch.no_grad():
         for block in blocks:
-            logits = model(input_ids=torch.tensor([block])).logits[0].numpy()
+            logits = model(input_ids=torch.tensor([block], device=device)).logits[0].float().cpu().numpy()
             nll.extend(_token_nll(logits, block).tolist())
 
     eos = tokenizer.eos_token_id
@@ -148,14 +151,14 @@ def hf_reference(
     with torch.no_grad():
         for tokens in prompt_tokens:
             output = model.generate(
-                torch.tensor([tokens]),
-                attention_mask=torch.ones(1, len(tokens), dtype=torch.long),
+                torch.tensor([tokens], device=device),
+                attention_mask=torch.ones(1, len(tokens), dtype=torch.long, device=device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 eos_token_id=eos,
                 pad_token_id=eos,
             )
-            completions.append(tokenizer.decode(output[0, len(tokens) :], skip_special_tokens=True))
+            completions.append(tokenizer.decode(output[0, len(tokens) :].cpu(), skip_special_tokens=True))
     return HFReference(
         model_dir=hf_model_dir,
         texts=tuple(texts),

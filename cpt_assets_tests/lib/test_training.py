@@ -484,7 +484,7 @@ def test_cuda_profile_replaces_the_seed_sized_settings_only_on_cuda():
     assert config.for_device("cpu") == config
     cuda = config.for_device("cuda", 8192)
     assert (cuda.block_size, cuda.per_device_batch_size, cuda.gradient_accumulation_steps) == (2048, 8, 1)
-    assert (cuda.learning_rate, cuda.num_epochs) == (2e-4, 3.0)
+    assert (cuda.learning_rate, cuda.num_epochs) == (3e-4, 5.0)
     assert config.for_device("cuda", 1024).block_size == 1024  # capped at the model's context length
     kept = replace(config, cuda_block_size=0, cuda_learning_rate=0.0).for_device("cuda", 8192)
     assert (kept.block_size, kept.learning_rate) == (config.block_size, config.learning_rate)  # 0: keep the field
