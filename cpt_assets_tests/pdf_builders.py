@@ -43,7 +43,8 @@ def sentences(rng: random.Random, n: int, long_share: float = 0.15) -> list[str]
     """`n` sentences of 8-18 words, a share of them long technical words (the hyphenation candidates)."""
     out = []
     for _ in range(n):
-        words = [rng.choice(LONG_WORDS) if rng.random() < long_share else rng.choice(WORDS) for _ in range(rng.randint(8, 18))]
+        n_words = rng.randint(8, 18)
+        words = [rng.choice(LONG_WORDS) if rng.random() < long_share else rng.choice(WORDS) for _ in range(n_words)]
         out.append(" ".join(words).capitalize() + ".")
     return out
 

@@ -52,7 +52,7 @@ ReadingOrder = Literal["auto", "stream", "lines"]
 LINE_ORDER_CREATORS: tuple[str, ...] = ("xml2rfc",)
 NO_TEXT_LAYER = "no text layer (image-only scan); enable ocr for this source"
 TESSERACT_MISSING = "OCR requested but tesseract is not installed (apt-get install tesseract-ocr)"
-_OCR_ERRORS = (NO_TEXT_LAYER, TESSERACT_MISSING, "OCR ")
+_OCR_ERRORS = (NO_TEXT_LAYER, TESSERACT_MISSING, "OCR ", "no useful text")
 
 
 class PdfError(ValueError):
@@ -178,8 +178,17 @@ def _uses_line_order(doc: pymupdf.Document, reading_order: ReadingOrder) -> bool
     return any(name in creator for name in LINE_ORDER_CREATORS)
 
 
-def _failure(raw: RawDocument, error: str, status: str = "unreadable") -> PageFailure:
-    return PageFailure(doc_id=raw.doc_id, source=raw.source, doc_sha256=raw.sha256 or "", error=error, status=status)
+def _failure(raw: RawDocument, error: str) -> PageFailure:
+    return PageFailure(doc_id=raw.doc_id, source=raw.source, doc_sha256=raw.sha256 or "", error=error)
+
+
+NO_USEFUL_TEXT = "no useful text"
+UNREADABLE_TEXT = "unreadable text layer"
+
+
+def failure_status(failure: PageFailure) -> str:
+    """The extraction verdict of a failed document: no_text (nothing to read without OCR) or unreadable."""
+    return "no_text" if failure.error.startswith((NO_TEXT_LAYER, NO_USEFUL_TEXT, *_OCR_ERRORS)) else "unreadable"
 
 
 _NUMERIC_CELL_RE = re.compile(r"^[\d\s.,%+\-\u2212()/:]*$")
@@ -209,8 +218,11 @@ def table_markdown(rows: list[list[str | None]]) -> str:
 
 
 def _text_with_tables(page: pymupdf.Page) -> tuple[str, int, int] | None:
-    """The page's text with each table found written as markdown in its place: (text, tables, numeric tables
-    dropped), or None when the finder finds no table."""
+    """The page's text with each table found written as markdown in its place.
+
+    Returns:
+        (text, tables written, tables of numbers dropped), or None when the finder finds no table.
+    """
     try:
         tables = page.find_tables().tables
     except Exception:  # the finder fails on some damaged drawings; the plain text stands
@@ -289,11 +301,11 @@ def extract_pages(
         methods = ["text"] * len(texts)
         blank = [i for i, text in enumerate(texts) if not text.strip()]
         if len(blank) == len(texts) and not ocr:
-            return [], _failure(raw, NO_TEXT_LAYER, "no_text")
+            return [], _failure(raw, NO_TEXT_LAYER)
         if blank and ocr:
             problem = ocr_problem(ocr_language)
             if problem:
-                return [], _failure(raw, problem, "no_text")
+                return [], _failure(raw, problem)
             for i in blank:
                 page = doc[i]
                 if not page.get_images(full=False) and len(blank) < len(texts):
@@ -307,14 +319,14 @@ def extract_pages(
                     return [], _failure(raw, f"OCR failed on page {i + 1}: {error}")
                 methods[i] = "ocr"
             if not any(text.strip() for text in texts):
-                return [], _failure(raw, "OCR found no text on any page (blank or unreadable scan)", "no_text")
+                return [], _failure(raw, "OCR found no text on any page (blank or unreadable scan)")
         page_verdicts = [
             page_verdict(text, bool(doc[i].get_images(full=False)) if not text.strip() else False, verdicts)
             for i, text in enumerate(texts)
         ]
     verdict = document_verdict([(nonspace_chars(t), v) for t, v in zip(texts, page_verdicts, strict=True)], verdicts)
     if verdict.status in ("no_text", "unreadable"):
-        return [], _failure(raw, f"{_VERDICT_PREFIX[verdict.status]}: {verdict.reason}", verdict.status)
+        return [], _failure(raw, f"{_VERDICT_PREFIX[verdict.status]}: {verdict.reason}")
     pages = [
         Page(
             doc_id=raw.doc_id,
@@ -336,7 +348,7 @@ def extract_pages(
     return pages, None
 
 
-_VERDICT_PREFIX = {"no_text": "no useful text", "unreadable": "unreadable text layer"}
+_VERDICT_PREFIX = {"no_text": NO_USEFUL_TEXT, "unreadable": UNREADABLE_TEXT}
 
 
 def _page_reason(verdict: Verdict, numeric_tables: int) -> str:
@@ -486,7 +498,7 @@ def extract_source(
             documents.append(
                 DocumentText(
                     raw.doc_id, "failed", 0, 0, 0, time.perf_counter() - doc_started, failure.error,
-                    verdict=failure.status, reason=failure.error,
+                    verdict=failure_status(failure), reason=failure.error,
                 )  # fmt: skip
             )
             logger.warning("%s: %s", raw.doc_id, failure.error)

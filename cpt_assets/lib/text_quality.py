@@ -80,10 +80,17 @@ _ODD_CHARS: dict[str, bool] = {}  # grown lazily: each distinct character is cla
 
 
 def _odd(char: str) -> bool:
-    """Characters that send a token to `_implausible`: ASCII symbols, and non-ASCII that is no letter or plain
-    punctuation (curly quotes, dashes, math and currency signs are plain)."""
+    """Whether a character sends its token to `_implausible`.
+
+    ASCII symbols do, and non-ASCII that is no letter or plain punctuation (curly quotes, dashes, math and currency
+    signs are plain).
+    """
     if char not in _ODD_CHARS:
-        _ODD_CHARS[char] = char.isascii() or not (char.isalpha() or unicodedata.category(char) in _BENIGN_CATEGORIES)
+        category = unicodedata.category(char)
+        if category in ("Cc", "Co") or char == "\ufffd":
+            _ODD_CHARS[char] = False  # counted as unmapped or private-use already
+        else:
+            _ODD_CHARS[char] = char.isascii() or not (char.isalpha() or category in _BENIGN_CATEGORIES)
     return _ODD_CHARS[char]
 
 
@@ -180,8 +187,8 @@ def document_verdict(pages: list[tuple[int, Verdict]], config: VerdictConfig | N
         return Verdict("unreadable", f"text layer is garbage ({garbage:.0%}): {worst.reason}", garbage)
     if useful < config.min_useful_chars:
         return Verdict("unreadable", f"only {useful} characters of text in {n} page(s)", garbage)
-    problems = [f"{counts[s]} of {n} page(s) {label}" for s, label in
-                (("no_text", "without a text layer"), ("unreadable", "unreadable"), ("partial", "noisy")) if counts.get(s)]  # fmt: skip
+    labels = (("no_text", "without a text layer"), ("unreadable", "unreadable"), ("partial", "noisy"))
+    problems = [f"{counts[s]} of {n} page(s) {label}" for s, label in labels if counts.get(s)]
     if problems:
         return Verdict("partial", "; ".join(problems), garbage)
     return Verdict("ok", "", garbage)

@@ -75,6 +75,10 @@ class Page:
     reason: str = ""  # why the status is not ok ("" when ok)
     garbage: float = 0.0  # share of non-space characters that are not text (text_quality.score_text)
     tables: int = 0  # tables found by pymupdf's table finder and written as markdown rows
+    status: str = "ok"  # extraction verdict of the page: ok, partial (noisy), no_text (image only), unreadable
+    reason: str = ""  # why the status is not ok ("" when ok)
+    garbage: float = 0.0  # share of non-space characters that are not text (text_quality.score_text)
+    tables: int = 0  # tables found by pymupdf's table finder and written as markdown rows
 
 
 @dataclass(frozen=True, slots=True)

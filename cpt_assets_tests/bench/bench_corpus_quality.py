@@ -24,9 +24,9 @@ import re
 import tempfile
 from pathlib import Path
 
+from cpt_assets.lib import pdf
 from cpt_assets.lib.cleaning import clean_document
 from cpt_assets.lib.lake import sha256_file
-from cpt_assets.lib import pdf
 from cpt_assets.lib.pdf import extract_pages
 from cpt_assets.lib.types import RawDocument
 from cpt_assets_tests.pdf_builders import (
@@ -60,7 +60,8 @@ def verdict(path: Path) -> tuple[str, str, list]:
     records no verdict (the bench ran on the code before verdicts existed, too)."""
     pages, failure = extract_pages(raw_for(path))
     if failure is not None:
-        return getattr(failure, "status", "failed"), failure.error, pages
+        status = getattr(pdf, "failure_status", lambda _: "failed")(failure)
+        return status, failure.error, pages
     document_status = getattr(pdf, "document_status", None)
     if document_status is None:
         return "extracted", "", pages
