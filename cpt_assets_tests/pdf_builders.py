@@ -135,14 +135,14 @@ def build_running_heads(folder: Path, seed: int = 1) -> BuiltPdf:
     """Running head, page numbers in roman then arabic ("[Page ii]", "Page 3 of 6") and a print slug with varying
     numbers that the content stream writes in the middle of the page's text (so it splits a sentence)."""
     rng = random.Random(seed)
-    paras = paragraphs(rng, 14)
+    paras = paragraphs(rng, 36)
     doc = pymupdf.open()
     roman = ["i", "ii", "iii", "iv"]
 
     def decorate(page: pymupdf.Page, number: int) -> None:
         page.insert_text((MARGIN, 50), "Internet Engineering Task Force            Protocol Notes", fontname=FONT,
                          fontsize=9)  # fmt: skip
-        label = f"[Page {roman[number - 1]}]" if number <= len(roman) else f"Page {number} of 6"
+        label = f"[Page {roman[number - 1]}]" if number <= len(roman) else f"Page {number} of 9"
         page.insert_text((PAGE_W - MARGIN - 60, PAGE_H - 40), label, fontname=FONT, fontsize=9)
 
     writer = _Pages(doc, decorate)
@@ -159,7 +159,7 @@ def build_running_heads(folder: Path, seed: int = 1) -> BuiltPdf:
         writer.line("")
     path = folder / "running_heads.pdf"
     pages = _save(doc, path)
-    furniture = ["Internet Engineering Task Force", "Protocol Notes", "[Page ii]", "[Page iii]", "Page 5 of 6",
+    furniture = ["Internet Engineering Task Force", "Protocol Notes", "[Page ii]", "[Page iii]", "Page 5 of",
                  "VerDate", "Jkt", "Sfmt"]  # fmt: skip
     return BuiltPdf("running_heads", path, "\n\n".join(paras), furniture, pages=pages)
 

@@ -183,6 +183,20 @@ def paragraph_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+_LIST_ITEM_RE = re.compile(r"^(?:[\u2022\u2013\u2014*\-o\u2713]\s|\(?\d{1,2}[.)]\s|\(?[a-z][.)]\s|\([ivx]{1,5}\)\s)")
+
+
+def is_block(paragraph: str) -> bool:
+    """Whether a cleaned paragraph is a preformatted block (code, ABNF/ASN.1, table rows) rather than prose.
+
+    The cleaner re-flows prose into one line per paragraph and keeps line breaks only in preformatted blocks and
+    between list items, so a paragraph with a line break whose lines are not all list items is a block.
+    """
+    if "\n" not in paragraph:
+        return False
+    return not all(_LIST_ITEM_RE.match(line.lstrip()) for line in paragraph.split("\n")[1:])
+
+
 def sentence_spans(text: str, splitter: PunktSentenceTokenizer) -> list[tuple[int, int]]:
     """Character spans of sentences; paragraphs (blank-line separated) always end a sentence.
 
@@ -191,6 +205,9 @@ def sentence_spans(text: str, splitter: PunktSentenceTokenizer) -> list[tuple[in
     spans = []
     for base, end in paragraph_spans(text):
         paragraph = text[base:end]
+        if is_block(paragraph):
+            spans.append((base, end))  # code, ABNF, a table: one unit, cut only when longer than max_tokens
+            continue
         merge_next = False
         for start, stop in splitter.span_tokenize(paragraph):
             piece = paragraph[start:stop]
