@@ -75,8 +75,8 @@ class CleaningConfig:
     repeated_anywhere_min_chars: int = 20  # ...when its normalised form is at least this long
     structural_toc_entries: int = 5  # a page with this many numbered entries followed by page numbers is a TOC
     index_page_share: float = 0.5  # a page whose lines are at least this share "term, 12, 45" entries is an index
-    join_long_unknown: int = 12  # "Wider-"+"spruchsbeweisen": a joined word this long whose second part never
-    # stands alone in the document is one word broken by typesetting; 0 turns this off
+    join_long_unknown: int = 14  # "Wider-"+"spruchsbeweisen": a joined word this long whose second part (7+
+    # letters) never stands alone in the document is one word broken by typesetting; 0 turns this off
     reflow: bool = True  # join hard-wrapped lines into paragraphs (tables and code keep their line breaks)
     dehyphenate: bool = True  # "secu-\nrity" -> "security" when the document spells the joined word elsewhere
     join_unknown_hyphenation: bool = False  # lowercase "a-\nb" seen in neither form: join (True) or keep the hyphen
@@ -602,6 +602,7 @@ class _Dehyphenator:
         elif (
             self.join_long
             and len(last_part) + len(suffix) >= self.join_long
+            and len(suffix) >= 7
             and suffix[0].islower()
             and self._count(suffix.lower()) <= 1
         ):
@@ -776,15 +777,15 @@ def clean_document(
                 if furniture_key(line) in repeated or _PAGE_FOOTER_RE.search(line):
                     _count(removed, "header_footer")
                     continue
-            if anywhere and line.strip() and furniture_key(line) in anywhere:
-                _count(removed, "repeated_line")
-                continue
             if stamp:
                 line, n = _remove_margin_stamp(line)
                 if line is None:
                     _count(removed, "margin_stamp")
                     continue
                 _count(edits, "margin_stamp", n)
+            if anywhere and line.strip() and furniture_key(line) in anywhere:
+                _count(removed, "repeated_line")
+                continue
             if not is_rule_line(line)[0]:
                 _count(removed, "rule_line")
                 continue
