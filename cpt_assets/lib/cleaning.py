@@ -238,7 +238,8 @@ _PAGE_NUMBER_RE = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 _EXPLICIT_PAGE_RE = re.compile(r"^\s*\[?\s*page\s+(?:\d{1,4}|[ivxlc]{1,7})\s*\]?\s*$", re.IGNORECASE)  # anywhere
-_PAGE_FOOTER_RE = re.compile(r"\[\s*page\s+(?:\d{1,4}|[ivxlc]{1,7})\s*\]\s*$", re.IGNORECASE)  # RFC footer "Author  Track  [Page 3]"
+# RFC footer "Author  Track  [Page 3]" (or "[Page ii]" in front matter)
+_PAGE_FOOTER_RE = re.compile(r"\[\s*page\s+(?:\d{1,4}|[ivxlc]{1,7})\s*\]\s*$", re.IGNORECASE)
 # A dotted leader and an optional page reference ending the line; text must come before it (checked in code).
 _TOC_LEADER_RE = re.compile(r"(?:\.\s?){4,}\s*(?:[A-Z]{1,3}-\d{1,3}|\d{1,4}|[ivxlc]{1,7})?\s*$", re.IGNORECASE)
 _TOC_SPACED_RE = re.compile(
@@ -499,7 +500,7 @@ class _Line:
 # Syntax of code, ABNF and ASN.1 lines: a definition ("::=", "name = ..."), a "--" comment, a brace or semicolon at
 # the end, a module keyword. One such line is prose as often as not; a run of them is a block.
 _CODE_SYNTAX_RE = re.compile(
-    r"::=|^\S+\s+=\s|\s--\s|[{};,]\s*(?:--.*)?$|^[}\])]|^(?:END|BEGIN|IMPORTS|EXPORTS)\b|\bDEFINITIONS\b"
+    r"::=|^\S+\s+=\s|\s--\s|[{};]\s*(?:--.*)?$|^[}\])]|^(?:END|BEGIN|IMPORTS|EXPORTS)\b|\bDEFINITIONS\b"
 )
 CODE_RUN_MIN_LINES = 3  # consecutive syntax lines that make a preformatted block
 
@@ -518,8 +519,9 @@ def code_runs(lines: Sequence[str], min_lines: int = CODE_RUN_MIN_LINES) -> set[
             i += 1
             continue
         j, misses = i, 0
-        while j + 1 < len(lines) and lines[j + 1].strip() and (flags[j + 1] or (misses == 0 and j + 2 < len(lines)
-                                                                                and flags[j + 2])):  # fmt: skip
+        while j + 1 < len(lines) and lines[j + 1].strip() and (
+            flags[j + 1] or (misses == 0 and j + 2 < len(lines) and flags[j + 2])
+        ):
             misses += not flags[j + 1]
             j += 1
         run = range(i, j + 1)
@@ -842,8 +844,11 @@ _INDEX_ENTRY_RE = re.compile(r"^\s*\S[^,]{0,60},\s*\d{1,4}(?:\s*[,\u2013-]\s*\d{
 
 
 def _structural_toc(nonempty: list[str], config: CleaningConfig) -> bool:
-    """A table of contents in any language: numbered entries (1, 1.1, 2, A.1) that end in, or are followed by, a
-    page reference, in rising section order, and little prose."""
+    """A table of contents in any language, by structure.
+
+    Numbered entries (1, 1.1, 2, A.1) that end in, or are followed by, a page reference, in rising section order,
+    and little prose.
+    """
     entries = 0
     numbers: list[tuple[int, ...]] = []
     for i, line in enumerate(nonempty):

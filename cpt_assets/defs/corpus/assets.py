@@ -294,6 +294,8 @@ def clean_chunks(
         metadata |= {
             "seconds_by_phase": dg.MetadataValue.json(result.timings),
             "mb_per_second": round(result.chars_in / 1e6 / result.seconds, 3) if result.seconds else 0.0,
+            "workers": result.workers,
+            "mb_per_second_per_core": round(result.mb_per_s_per_core, 3),
             "pages_dropped_by_reason": counts_md(result.dropped_pages),
             "lines_removed_by_reason": counts_md(result.removed_lines),
             "edits": counts_md(result.edits, key="edit"),
