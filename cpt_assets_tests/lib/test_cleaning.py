@@ -502,7 +502,7 @@ def test_print_slug_repeated_mid_page_is_removed_as_repeated_line() -> None:
     pages = [
         "\n".join([f"The {words[(n * 7 + k) % 15]} {words[(n + k * 3) % 15]} sentence runs on here." for k in range(6)]
                   + [f"VerDate Sep<11>2014 16:21 Aug 0{n}, 2020 Jkt 25000{n} PO 00000 Frm 0000{n}"]
-                  + [f"Then {words[(n * 5 + k) % 15]} and {words[(n * 2 + k) % 15]} follow the slug." for k in range(6)])
+                  + [f"Then {words[(n * 5 + k) % 15]} and {words[(n * 2 + k) % 15]} follow it." for k in range(6)])
         for n in range(1, 6)
     ]  # fmt: skip
     result = clean_document(pages)
