@@ -58,7 +58,10 @@ def raw_for(path: Path) -> RawDocument:
 def verdict(path: Path) -> tuple[str, str, list]:
     """(status, reason, pages) from the page-text stage; the status falls back to extracted/failed on code that
     records no verdict (the bench ran on the code before verdicts existed, too)."""
-    pages, failure = extract_pages(raw_for(path))
+    try:
+        pages, failure = extract_pages(raw_for(path), tables=True)
+    except TypeError:  # the code before tables existed
+        pages, failure = extract_pages(raw_for(path))
     if failure is not None:
         status = getattr(pdf, "failure_status", lambda _: "failed")(failure)
         return status, failure.error, pages

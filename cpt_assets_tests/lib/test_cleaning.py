@@ -463,7 +463,7 @@ def built_text(tmp_path_factory):
     for name, built in build_all(tmp_path_factory.mktemp("built")).items():
         raw = RawDocument(doc_id=f"t/{name}", source="t", name=name, status="ok", path=str(built.path),
                           sha256=sha256_file(built.path))  # fmt: skip
-        pages, _ = extract_pages(raw)
+        pages, _ = extract_pages(raw, tables=True)
         out[name] = (built, clean_document([p.text for p in pages]).text if pages else "")
     return out
 

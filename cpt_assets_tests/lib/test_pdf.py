@@ -353,7 +353,7 @@ def test_real_edge_documents_get_their_verdicts(corpus_dir):
 def test_ruled_table_becomes_markdown_rows(built):
     from cpt_assets_tests.pdf_builders import TABLE_ROWS
 
-    pages, _ = extract_pages(raw_for(built["table"].path))
+    pages, _ = extract_pages(raw_for(built["table"].path), tables=True)
     assert pages[0].tables == 1
     text = pages[0].text
     assert "| " + " | ".join(TABLE_ROWS[0]) + " |" in text
