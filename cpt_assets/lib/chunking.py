@@ -19,23 +19,27 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTrainer
 
-from cpt_assets.lib.cleaning import CleaningConfig, QualityConfig, clean_document, quality_filter
+from cpt_assets.lib.cleaning import CleanedDocument, CleaningConfig, QualityConfig, clean_document, quality_filter
 from cpt_assets.lib.dedup import DedupConfig, NearDuplicateIndex, drop_exact_duplicates, mark_near_duplicates
 from cpt_assets.lib.lake import atomic_path
+from cpt_assets.lib.text_quality import score_text
 from cpt_assets.lib.types import Chunk, DroppedChunk, Page
 
 log = logging.getLogger(__name__)
 
-CHUNKER_VERSION = "1"  # bump when cleaning or chunking rules change, so incremental refresh redoes every document
+CHUNKER_VERSION = "2"  # bump when cleaning or chunking rules change, so incremental refresh redoes every document
 
 # Abbreviations of standards and government text that Punkt may see too rarely to learn (lowercase, no final
 # period, as Punkt stores them). Words that often end sentences ("app", "art", "spec", "max") are left out.
@@ -63,6 +67,10 @@ class ChunkingConfig:
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)  # page furniture, TOC, boilerplate, re-flow
     quality: QualityConfig | None = field(default_factory=QualityConfig)  # Gopher-style chunk filter; None: off
     dedup: DedupConfig = field(default_factory=DedupConfig)  # near-duplicate reporting threshold and MinHash size
+    ocr_noise_garbage: float = 0.25  # a chunk of a document with OCR'd pages scoring at least this garbage
+    # (text_quality.score_text) is dropped as "ocr_noise"
+    workers: int = 0  # processes that clean documents in parallel; 0: os.cpu_count()
+    parallel_min_chars: int = 2_000_000  # below this much page text, clean in this process (a spawn costs ~1 s)
 
     def __post_init__(self) -> None:
         if self.target_tokens <= 0:
@@ -82,7 +90,10 @@ class ChunkingConfig:
 
     def config_hash(self) -> str:
         """sha256 of the settings and CHUNKER_VERSION: equal hash, equal chunks from equal pages."""
-        payload = json.dumps({"version": CHUNKER_VERSION, **asdict(self)}, sort_keys=True, default=list)
+        settings = asdict(self)
+        for name in ("workers", "parallel_min_chars"):  # how fast, not what: equal chunks either way
+            settings.pop(name)
+        payload = json.dumps({"version": CHUNKER_VERSION, **settings}, sort_keys=True, default=list)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -183,6 +194,20 @@ def paragraph_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+_LIST_ITEM_RE = re.compile(r"^(?:[\u2022\u2013\u2014*\-o\u2713]\s|\(?\d{1,2}[.)]\s|\(?[a-z][.)]\s|\([ivx]{1,5}\)\s)")
+
+
+def is_block(paragraph: str) -> bool:
+    """Whether a cleaned paragraph is a preformatted block (code, ABNF/ASN.1, table rows) rather than prose.
+
+    The cleaner re-flows prose into one line per paragraph and keeps line breaks only in preformatted blocks and
+    between list items, so a paragraph with a line break whose lines are not all list items is a block.
+    """
+    if "\n" not in paragraph:
+        return False
+    return not all(_LIST_ITEM_RE.match(line.lstrip()) for line in paragraph.split("\n")[1:])
+
+
 def sentence_spans(text: str, splitter: PunktSentenceTokenizer) -> list[tuple[int, int]]:
     """Character spans of sentences; paragraphs (blank-line separated) always end a sentence.
 
@@ -191,6 +216,9 @@ def sentence_spans(text: str, splitter: PunktSentenceTokenizer) -> list[tuple[in
     spans = []
     for base, end in paragraph_spans(text):
         paragraph = text[base:end]
+        if is_block(paragraph):
+            spans.append((base, end))  # code, ABNF, a table: one unit, cut only when longer than max_tokens
+            continue
         merge_next = False
         for start, stop in splitter.span_tokenize(paragraph):
             piece = paragraph[start:stop]
@@ -282,6 +310,12 @@ class ChunkResult:
     seconds: float  # wall time of the whole call
     splitter: PunktSentenceTokenizer | None = None  # the splitter used (trained here when none was given)
     token_counts_verified: bool = True  # False when the additive count failed its check and chunks were re-encoded
+    workers: int = 1  # processes that cleaned the documents
+
+    @property
+    def mb_per_s_per_core(self) -> float:
+        """Throughput per worker process (cleaning runs on `workers` cores; the rest of the call on one)."""
+        return self.mb_per_s / self.workers if self.workers else 0.0
 
     @property
     def mb_per_s(self) -> float:
@@ -311,6 +345,7 @@ class _Doc:
     pages_kept: int
     chars_in: int
     text: str
+    ocr: bool = False  # some of its pages were OCR'd
     spans: list[tuple[int, int]] = field(default_factory=list)  # units: sentences or pieces of long ones
     counts: list[int] = field(default_factory=list)  # tokens of each unit with the whitespace before it
 
@@ -348,17 +383,19 @@ def chunk_documents(
 
     tick = time.perf_counter()
     docs: list[_Doc] = []
-    for doc_id in sorted(pages_by_doc):
-        pages = sorted(pages_by_doc[doc_id], key=lambda p: p.page_number)
-        if not pages:
-            continue
-        cleaned = clean_document([p.text for p in pages], config.cleaning)
+    ordered = [(doc_id, sorted(pages_by_doc[doc_id], key=lambda p: p.page_number)) for doc_id in sorted(pages_by_doc)]
+    ordered = [(doc_id, pages) for doc_id, pages in ordered if pages]
+    total_chars = sum(p.chars for _, pages in ordered for p in pages)
+    workers = effective_workers(config.workers, len(ordered)) if total_chars >= config.parallel_min_chars else 1
+    cleaned_docs = _clean_all([[p.text for p in pages] for _, pages in ordered], config.cleaning, workers)
+    for (doc_id, pages), cleaned in zip(ordered, cleaned_docs, strict=True):
         _add(removed_lines, cleaned.removed_lines)
         _add(dropped_pages, cleaned.dropped_pages)
         _add(edits, cleaned.edits)
         first = pages[0]
         docs.append(
-            _Doc(doc_id, first.source, first.doc_sha256, len(pages), cleaned.pages_kept, cleaned.chars_in, cleaned.text)
+            _Doc(doc_id, first.source, first.doc_sha256, len(pages), cleaned.pages_kept, cleaned.chars_in, cleaned.text,
+                 ocr=any(p.method == "ocr" for p in pages))  # fmt: skip
         )
     timings["clean"] = time.perf_counter() - tick
 
@@ -398,7 +435,7 @@ def chunk_documents(
                 n_tokens=n_tokens,
                 n_chars=len(text),
             )
-            reason = _drop_reason(chunk, config)
+            reason = _drop_reason(chunk, config, doc.ocr)
             if reason:
                 dropped.append(_dropped(doc, index, text, reason, chunk.chunk_id))
                 per_doc_dropped[doc.doc_id] = per_doc_dropped.get(doc.doc_id, 0) + 1
@@ -446,10 +483,31 @@ def chunk_documents(
         chars_in=sum(d.chars_in for d in docs),
         chars_out=sum(c.n_chars for c in kept),
         timings={k: round(v, 4) for k, v in timings.items()},
+        workers=workers,
         seconds=time.perf_counter() - wall,
         splitter=splitter,
         token_counts_verified=verified,
     )
+
+
+def effective_workers(configured: int, documents: int) -> int:
+    """Worker processes for cleaning: the configured number (0: all cores), never more than the documents."""
+    wanted = configured if configured > 0 else (os.cpu_count() or 1)
+    return max(1, min(wanted, documents))
+
+
+def _clean_all(page_texts: list[list[str]], config: CleaningConfig, workers: int) -> list[CleanedDocument]:
+    """Clean documents, in `workers` processes when there is more than one (cleaning is pure Python, per document)."""
+    if workers <= 1:
+        return [clean_document(texts, config) for texts in page_texts]
+    # Largest documents first, so one long document does not start last and finish alone.
+    order = sorted(range(len(page_texts)), key=lambda i: -sum(map(len, page_texts[i])))
+    results: list[CleanedDocument | None] = [None] * len(page_texts)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(clean_document, page_texts[i], config): i for i in order}
+        for future, i in futures.items():
+            results[i] = future.result()
+    return results  # type: ignore[return-value]
 
 
 def _dropped(doc: _Doc, index: int, text: str, reason: str, chunk_id: str | None = None) -> DroppedChunk:
@@ -463,9 +521,11 @@ def _dropped(doc: _Doc, index: int, text: str, reason: str, chunk_id: str | None
     )
 
 
-def _drop_reason(chunk: Chunk, config: ChunkingConfig) -> str:
+def _drop_reason(chunk: Chunk, config: ChunkingConfig, ocr: bool = False) -> str:
     if not chunk.text.strip():
         return "empty"
+    if ocr and score_text(chunk.text).garbage >= config.ocr_noise_garbage:
+        return "ocr_noise"
     if chunk.n_tokens < config.min_tokens:
         return "too_short"
     if config.quality is not None:

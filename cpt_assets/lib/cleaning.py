@@ -70,6 +70,13 @@ class CleaningConfig:
     toc_page_share: float = 0.5  # a page whose non-empty lines are at least this share TOC entries is dropped
     toc_page_share_with_heading: float = 0.25  # the same under a "Contents"/"List of Figures" heading
     boilerplate_page_share: float = 0.7  # a page whose text is at least this share legal boilerplate is dropped
+    repeated_anywhere_share: float = 0.5  # a line (anywhere on the page, up to digits) on this share of pages is
+    # furniture: print slugs ("VerDate Sep<11>2014 16:21 Aug 05, 2020 Jkt 250001") that content order puts mid-page
+    repeated_anywhere_min_chars: int = 20  # ...when its normalised form is at least this long
+    structural_toc_entries: int = 5  # a page with this many numbered entries followed by page numbers is a TOC
+    index_page_share: float = 0.5  # a page whose lines are at least this share "term, 12, 45" entries is an index
+    join_long_unknown: int = 14  # "Wider-"+"spruchsbeweisen": a joined word this long whose second part (7+
+    # letters) never stands alone in the document is one word broken by typesetting; 0 turns this off
     reflow: bool = True  # join hard-wrapped lines into paragraphs (tables and code keep their line breaks)
     dehyphenate: bool = True  # "secu-\nrity" -> "security" when the document spells the joined word elsewhere
     join_unknown_hyphenation: bool = False  # lowercase "a-\nb" seen in neither form: join (True) or keep the hyphen
@@ -223,7 +230,7 @@ def normalize_chars(text: str, special_tokens: Iterable[str] = DEFAULT_SPECIAL_T
 _PAGE_NUMBER_RE = re.compile(
     r"""^\s*(?:
         (?:page\s+)?\d{1,4}(?:\s+of\s+\d{1,4})?            # 12 | Page 12 | 3 of 40
-      | \[\s*page\s+\d{1,4}\s*\]                           # [Page 12]
+      | \[\s*page\s+(?:\d{1,4}|[ivxlc]{1,7})\s*\]            # [Page 12] | [Page ii]
       | (?:page\s+)?[ivxlc]{1,7}                           # iv | Page iv
       | (?:page\s+)?[A-Z]{1,3}\s?-\s?\d{1,3}               # A-1 | ES-2 | C - 1 (appendix pages)
       | [-\u2013\u2014]\s*\d{1,4}\s*[-\u2013\u2014]        # - 3 -
@@ -231,7 +238,8 @@ _PAGE_NUMBER_RE = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 _EXPLICIT_PAGE_RE = re.compile(r"^\s*\[?\s*page\s+(?:\d{1,4}|[ivxlc]{1,7})\s*\]?\s*$", re.IGNORECASE)  # anywhere
-_PAGE_FOOTER_RE = re.compile(r"\[\s*page\s+\d{1,4}\s*\]\s*$", re.IGNORECASE)  # RFC footer "Author  Track  [Page 3]"
+# RFC footer "Author  Track  [Page 3]" (or "[Page ii]" in front matter)
+_PAGE_FOOTER_RE = re.compile(r"\[\s*page\s+(?:\d{1,4}|[ivxlc]{1,7})\s*\]\s*$", re.IGNORECASE)
 # A dotted leader and an optional page reference ending the line; text must come before it (checked in code).
 _TOC_LEADER_RE = re.compile(r"(?:\.\s?){4,}\s*(?:[A-Z]{1,3}-\d{1,3}|\d{1,4}|[ivxlc]{1,7})?\s*$", re.IGNORECASE)
 _TOC_SPACED_RE = re.compile(
@@ -489,6 +497,41 @@ class _Line:
     pre: bool  # preformatted: a table row, code or ASCII art keeps its line break and indentation
 
 
+# Syntax of code, ABNF and ASN.1 lines: a definition ("::=", "name = ..."), a "--" comment, a brace or semicolon at
+# the end, a module keyword. One such line is prose as often as not; a run of them is a block.
+_CODE_SYNTAX_RE = re.compile(
+    r"::=|^\S+\s+=\s|\s--\s|[{};]\s*(?:--.*)?$|^[}\])]|^(?:END|BEGIN|IMPORTS|EXPORTS)\b|\bDEFINITIONS\b"
+)
+CODE_RUN_MIN_LINES = 3  # consecutive syntax lines that make a preformatted block
+
+
+def code_runs(lines: Sequence[str], min_lines: int = CODE_RUN_MIN_LINES) -> set[int]:
+    """Indices of lines inside runs of code/ABNF/ASN.1 syntax (`_CODE_SYNTAX_RE`), decided on syntax and layout.
+
+    A run is at least `min_lines` consecutive non-empty lines of which at least two thirds show syntax and whose
+    lines are short or indented like code; a single non-syntax line inside a run (a continuation) joins it.
+    """
+    flags = [bool(line.strip()) and bool(_CODE_SYNTAX_RE.search(line.strip())) for line in lines]
+    runs: set[int] = set()
+    i = 0
+    while i < len(lines):
+        if not flags[i]:
+            i += 1
+            continue
+        j, misses = i, 0
+        while j + 1 < len(lines) and lines[j + 1].strip() and (
+            flags[j + 1] or (misses == 0 and j + 2 < len(lines) and flags[j + 2])
+        ):
+            misses += not flags[j + 1]
+            j += 1
+        run = range(i, j + 1)
+        hits = sum(flags[k] for k in run)
+        if len(run) >= min_lines and hits >= 2 * len(run) / 3:
+            runs.update(run)
+        i = j + 1
+    return runs
+
+
 def _is_preformatted(stripped: str) -> bool:
     if "   " in stripped:
         gaps = list(_INNER_GAP_RE.finditer(stripped))
@@ -516,11 +559,18 @@ class _Dehyphenator:
     elsewhere. Lookups are regex searches over the lowercased text, made only for the few line-end hyphens.
     """
 
-    def __init__(self, text: str, join_unknown: bool) -> None:
+    def __init__(self, text: str, join_unknown: bool, join_long: int = 0) -> None:
         self.text = text
         self.lower: str | None = None
         self.join_unknown = join_unknown
+        self.join_long = join_long
         self.joined = 0
+
+    def _count(self, word: str) -> int:
+        """How often `word` occurs as a whole word (its own occurrence at the line break included)."""
+        if self.lower is None:
+            self.lower = self.text.lower()
+        return len(re.findall(rf"(?<![\w-]){re.escape(word)}(?![\w-])", self.lower))
 
     def _seen(self, word: str) -> bool:
         """Whether `word` occurs as a whole word (str.find: regex lookbehinds scan ~100x slower here)."""
@@ -551,6 +601,14 @@ class _Dehyphenator:
             # signed" must not become "digitallysigned" because a struct is called DigitallySigned)
         elif self._seen((last_part + suffix).lower()):
             keep = False
+        elif (
+            self.join_long
+            and len(last_part) + len(suffix) >= self.join_long
+            and len(suffix) >= 7
+            and suffix[0].islower()
+            and self._count(suffix.lower()) <= 1
+        ):
+            keep = False  # "Wider-" + "spruchsbeweisen": the second part is no word of this document
         else:
             keep = not (self.join_unknown and last_part[-1].islower() and suffix[0].islower())
         if keep:
@@ -584,7 +642,9 @@ def _reflow(blocks: list[list[_Line]], width: float, config: CleaningConfig, deh
                 parts.append(separator + text)
             elif prev is not None and not prev.pre:
                 last = parts[-1]
-                if last.endswith("-") and not last[-2:-1].isspace():
+                if last.endswith("\u2013") and last[-2:-1].isdigit() and text[:1].isdigit():
+                    parts[-1] = last + text  # an en-dash range broken after the dash: "2018\u2013" + "23\u201351"
+                elif last.endswith("-") and not last[-2:-1].isspace():
                     # A line-end hyphen joins without a space: "secu-|rity" (maybe de-hyphenated), "800-|53".
                     if config.dehyphenate and last[-2:-1].isalpha():
                         parts[-1] = dehyphenator.join(last, text)
@@ -701,6 +761,7 @@ def clean_document(
     outer_counts = Counter(key for keys in outer_keys for key in keys)
     repeated |= {key for key, n in outer_counts.items() if key and n >= 2 and n >= share_pages}
     stamp = _has_margin_stamp(pages)
+    anywhere = _repeated_anywhere(pages, config, nonempty_pages)
 
     width = _text_width(pages)
     kept_pages: list[list[str]] = []
@@ -724,6 +785,9 @@ def clean_document(
                     _count(removed, "margin_stamp")
                     continue
                 _count(edits, "margin_stamp", n)
+            if anywhere and line.strip() and furniture_key(line) in anywhere:
+                _count(removed, "repeated_line")
+                continue
             if not is_rule_line(line)[0]:
                 _count(removed, "rule_line")
                 continue
@@ -762,11 +826,67 @@ def clean_document(
     )
 
 
+def _repeated_anywhere(pages: Sequence[list[str]], config: CleaningConfig, nonempty_pages: int) -> set[str]:
+    """Keys of lines that occur, up to digits, once on each of many pages wherever they stand (print slugs)."""
+    if nonempty_pages < config.repeated_line_min_pages:
+        return set()
+    counts: Counter[str] = Counter()
+    for lines in pages:
+        keys = Counter(furniture_key(line) for line in lines if len(line.strip()) >= config.repeated_anywhere_min_chars)
+        counts.update(key for key, n in keys.items() if n == 1)
+    need = max(config.repeated_line_min_pages, math.ceil(config.repeated_anywhere_share * nonempty_pages))
+    return {key for key, n in counts.items() if n >= need and len(key) >= config.repeated_anywhere_min_chars}
+
+
+_ENTRY_RE = re.compile(r"^\s*(?:\d{1,2}(?:\.\d{1,2}){0,4}\.?|[A-Z](?:\.\d{1,2}){1,4}|[IVX]{1,5}\.)\s+\S")
+_PAGE_REF_RE = re.compile(r"(?:^|\s|\.)(?:\d{1,4}|[ivxlc]{1,7}|[A-Z]{1,3}-\d{1,3})\s*$", re.IGNORECASE)
+_INDEX_ENTRY_RE = re.compile(r"^\s*\S[^,]{0,60},\s*\d{1,4}(?:\s*[,\u2013-]\s*\d{1,4})*\s*$")
+
+
+def _structural_toc(nonempty: list[str], config: CleaningConfig) -> bool:
+    """A table of contents in any language, by structure.
+
+    Numbered entries (1, 1.1, 2, A.1) that end in, or are followed by, a page reference, in rising section order,
+    and little prose.
+    """
+    entries = 0
+    numbers: list[tuple[int, ...]] = []
+    for i, line in enumerate(nonempty):
+        if not _ENTRY_RE.match(line):
+            continue
+        nxt = nonempty[i + 1].strip() if i + 1 < len(nonempty) else ""
+        if _PAGE_REF_RE.search(line.strip()) or _PAGE_NUMBER_RE.match(nxt):
+            entries += 1
+            head = line.split()[0].rstrip(".")
+            if head.replace(".", "").isdigit():
+                numbers.append(tuple(int(part) for part in head.split(".") if part))
+    if entries < config.structural_toc_entries:
+        return False
+    rising = sum(1 for a, b in zip(numbers, numbers[1:], strict=False) if b > a)
+    prose = sum(
+        len(line.strip()) > 90 and ". ." not in line and "...." not in line and not _PAGE_REF_RE.search(line.strip())
+        for line in nonempty
+    )
+    return rising >= 0.7 * max(1, len(numbers) - 1) and prose < 0.2 * len(nonempty)
+
+
+def _index_page(nonempty: list[str], config: CleaningConfig) -> bool:
+    """A back-of-book index: most lines are "term, 12, 45" entries."""
+    if len(nonempty) < 8:
+        return False
+    entries = sum(1 for line in nonempty if _INDEX_ENTRY_RE.match(line))
+    return entries >= config.index_page_share * len(nonempty)
+
+
 def _page_verdict(lines: list[str], config: CleaningConfig, removed: dict[str, int], width: float) -> list[str] | str:
     """The page's lines after TOC-entry and boilerplate removal, or the reason to drop the whole page."""
     nonempty = [line for line in lines if line.strip()]
     if not nonempty:
         return []
+    if _structural_toc(nonempty, config):
+        return "toc"
+    if _index_page(nonempty, config):
+        return "index"
     toc_flags = [not is_toc_line(line)[0] for line in lines]
     n_toc = sum(toc_flags)
     if n_toc:
@@ -858,7 +978,8 @@ def _assemble(
                 blocks.append(current)
                 current = []
         bullet = ""
-        for line in page_lines:
+        code = code_runs(page_lines)
+        for number, line in enumerate(page_lines):
             stripped = line.strip()
             if not stripped:
                 if current and not bullet:
@@ -873,7 +994,7 @@ def _assemble(
             indent = len(line) - len(line.lstrip(" "))
             if "  " in stripped:
                 stripped = _BULLET_GAP_RE.sub("\\1 ", stripped)
-            pre = _is_preformatted(stripped)
+            pre = number in code or _is_preformatted(stripped)
             if not pre and "  " in stripped:
                 stripped = _SPACES_RE.sub(" ", stripped)
             current.append(_Line(stripped, indent, pre))
@@ -882,7 +1003,7 @@ def _assemble(
     corpus = "\n".join(line.text for block in blocks for line in block)
     if vocabulary_text:
         corpus = f"{corpus}\n{vocabulary_text}"
-    dehyphenator = _Dehyphenator(corpus, config.join_unknown_hyphenation)
+    dehyphenator = _Dehyphenator(corpus, config.join_unknown_hyphenation, config.join_long_unknown)
     text = _reflow(blocks, width, config, dehyphenator)
     _count(edits, "dehyphenated", dehyphenator.joined)
     return text

@@ -50,3 +50,18 @@ def duplicate_chunks(chunks: Iterable[Chunk]) -> CheckOutcome:
     if duplicated:
         return False, f"{len(duplicated)} chunk text(s) occur more than once", {"chunk_ids": list(duplicated)[:20]}
     return True, "no exact duplicate chunks", {}
+
+
+def documents_with_useful_text(documents: Iterable[tuple[str, str, str]]) -> CheckOutcome:
+    """Red when a fetched document yielded no useful text: its extraction verdict is no_text or unreadable.
+
+    Args:
+        documents: (doc_id, verdict, reason) per document that was fetched (pdf.DocumentText rows); partial
+            documents pass (their pages say what is missing).
+    """
+    rows = list(documents)
+    bad = {doc_id: f"{verdict}: {reason}" for doc_id, verdict, reason in rows if verdict in ("no_text", "unreadable")}
+    partial = sorted(doc_id for doc_id, verdict, _ in rows if verdict == "partial")
+    if bad:
+        return False, f"{len(bad)} document(s) yielded no useful text", {"documents": bad, "partial": partial}
+    return True, "every document yielded useful text", {"partial": partial} if partial else {}

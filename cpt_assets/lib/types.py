@@ -71,6 +71,14 @@ class Page:
     text: str
     chars: int
     method: str = "text"  # "text" (text layer) or "ocr"
+    status: str = "ok"  # extraction verdict of the page: ok, partial (noisy), no_text (image only), unreadable
+    reason: str = ""  # why the status is not ok ("" when ok)
+    garbage: float = 0.0  # share of non-space characters that are not text (text_quality.score_text)
+    tables: int = 0  # tables found by pymupdf's table finder and written as markdown rows
+    status: str = "ok"  # extraction verdict of the page: ok, partial (noisy), no_text (image only), unreadable
+    reason: str = ""  # why the status is not ok ("" when ok)
+    garbage: float = 0.0  # share of non-space characters that are not text (text_quality.score_text)
+    tables: int = 0  # tables found by pymupdf's table finder and written as markdown rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,7 @@ class PageFailure:
     source: str
     doc_sha256: str
     error: str
+    status: str = "unreadable"  # the document's extraction verdict: unreadable (bad bytes or junk text) or no_text
 
 
 @dataclass(frozen=True, slots=True)

@@ -328,3 +328,17 @@ def test_group_pages_orders_documents_and_pages() -> None:
     grouped = group_pages(reversed(pages))
     assert list(grouped) == ["a", "b"]
     assert [p.page_number for p in grouped["b"]] == [1, 2]
+
+
+def test_blocks_are_never_cut_inside(tokenizer) -> None:
+    from cpt_assets.lib.chunking import is_block
+
+    block = "\n".join(f"  field{k}  INTEGER (0..255),  -- value {k}. See note." for k in range(12))
+    prose = " ".join(f"Sentence number {k} explains the protocol field." for k in range(40))
+    text = f"{prose}\n\n{block}\n\n{prose}"
+    assert is_block(block) and not is_block(prose) and not is_block("\u2022 one\n\u2022 two")
+    page = Page(doc_id="s/a", source="s", doc_sha256="h", page_number=1, text=text, chars=len(text))
+    config = ChunkingConfig(target_tokens=128, min_tokens=8, max_tokens=512, quality=None)
+    result = chunk_documents({"s/a": [page]}, tokenizer, config=config)
+    cleaned_block = "\n".join(line.strip() for line in block.split("\n"))  # the common indentation goes
+    assert sum(cleaned_block in c.text for c in result.chunks) == 1

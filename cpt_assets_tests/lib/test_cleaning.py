@@ -446,3 +446,88 @@ def test_real_nist_publication_loses_furniture_and_keeps_content(corpus_dir) -> 
     assert "Application container technologies, also known as containers" in text
     assert result.dropped_pages["toc"] >= 2
     assert result.removed_lines["page_number"] > 40
+
+
+# ---- furniture by evidence, blocks (generated PDFs: cpt_assets_tests.pdf_builders) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def built_text(tmp_path_factory):
+    """feature -> (BuiltPdf, cleaned text) for the generated PDFs."""
+    from cpt_assets.lib.lake import sha256_file
+    from cpt_assets.lib.pdf import extract_pages
+    from cpt_assets.lib.types import RawDocument
+    from cpt_assets_tests.pdf_builders import build_all
+
+    out = {}
+    for name, built in build_all(tmp_path_factory.mktemp("built")).items():
+        raw = RawDocument(doc_id=f"t/{name}", source="t", name=name, status="ok", path=str(built.path),
+                          sha256=sha256_file(built.path))  # fmt: skip
+        pages, _ = extract_pages(raw, tables=True)
+        out[name] = (built, clean_document([p.text for p in pages]).text if pages else "")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("feature", "min_f1"),
+    [("running_heads", 0.99), ("columns2", 0.99), ("columns3", 0.99), ("toc", 0.99), ("index", 0.99),
+     ("code", 0.99), ("code_mono", 0.99), ("table", 0.99), ("hyphenation", 0.99), ("no_text_page", 0.99)],
+)  # fmt: skip
+def test_generated_features_recover_the_known_text(built_text, feature, min_f1):
+    from cpt_assets_tests.pdf_builders import bigram_f1, furniture_left, word_f1
+
+    built, text = built_text[feature]
+    assert word_f1(text, built.body) >= min_f1
+    assert bigram_f1(text, built.body) >= min_f1
+    assert furniture_left(text, built) == 0
+
+
+@pytest.mark.parametrize("feature", ["code", "code_mono"])
+def test_code_blocks_keep_their_line_breaks(built_text, feature):
+    from cpt_assets_tests.pdf_builders import block_intact
+
+    built, text = built_text[feature]
+    assert all(block_intact(text, block) for block in built.blocks)
+
+
+def test_table_rows_stay_rows(built_text):
+    from cpt_assets_tests.pdf_builders import table_rows_kept
+
+    built, text = built_text["table"]
+    assert table_rows_kept(text, built.tables[0]) == 1.0
+
+
+def test_print_slug_repeated_mid_page_is_removed_as_repeated_line() -> None:
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar".split()
+    pages = [
+        "\n".join([f"The {words[(n * 7 + k) % 15]} {words[(n + k * 3) % 15]} sentence runs on here." for k in range(6)]
+                  + [f"VerDate Sep<11>2014 16:21 Aug 0{n}, 2020 Jkt 25000{n} PO 00000 Frm 0000{n}"]
+                  + [f"Then {words[(n * 5 + k) % 15]} and {words[(n * 2 + k) % 15]} follow it." for k in range(6)])
+        for n in range(1, 6)
+    ]  # fmt: skip
+    result = clean_document(pages)
+    assert "VerDate" not in result.text and result.removed_lines["repeated_line"] == 5
+
+
+def test_roman_page_footer_removed() -> None:
+    page = "Some prose line that is long enough to be a body line of the document here.\n"
+    result = clean_document([page * 3 + "Author            Informational            [Page ii]"])
+    assert "[Page ii]" not in result.text
+
+
+def test_en_dash_break_joins_without_a_space() -> None:
+    result = clean_document(["The registry lists the ranges 2018\u2013\n23\u201351 and more for each organization."])
+    assert "2018\u201323\u201351" in result.text
+
+
+def test_long_unknown_hyphenation_is_joined() -> None:
+    page = "Die Arbeit untersucht Wider-\nspruchsbeweisen in formalen Sprachen und deren Grenzen im Detail."
+    assert "Widerspruchsbeweisen" in clean_document([page]).text
+
+
+def test_code_runs_by_syntax() -> None:
+    from cpt_assets.lib.cleaning import code_runs
+
+    lines = ["This is prose, with a comma,", "and more prose here.", "Mod DEFINITIONS ::= BEGIN",
+             "  A ::= SEQUENCE {", "    b INTEGER,  -- comment", "  }", "END", "Prose again."]  # fmt: skip
+    assert code_runs(lines) == {2, 3, 4, 5, 6}

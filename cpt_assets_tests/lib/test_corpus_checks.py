@@ -1,6 +1,12 @@
 import pytest
 
-from cpt_assets.lib.corpus_checks import documents_accounted_for, duplicate_chunks, empty_chunks, unreadable_documents
+from cpt_assets.lib.corpus_checks import (
+    documents_accounted_for,
+    documents_with_useful_text,
+    duplicate_chunks,
+    empty_chunks,
+    unreadable_documents,
+)
 from cpt_assets.lib.types import Chunk, Page, PageFailure, RawDocument
 
 
@@ -47,3 +53,20 @@ def test_unreadable_documents_lists_reasons():
 def test_chunk_checks(chunks, empty_ok, dup_ok):
     assert empty_chunks(chunks)[0] is empty_ok
     assert duplicate_chunks(chunks)[0] is dup_ok
+
+
+@pytest.mark.parametrize(
+    ("documents", "passed", "bad"),
+    [
+        ([("s/a.pdf", "ok", ""), ("s/b.pdf", "partial", "1 of 3 page(s) without a text layer")], True, []),
+        ([("s/a.pdf", "ok", ""), ("s/scan.pdf", "no_text", "no text layer")], False, ["s/scan.pdf"]),
+        ([("s/junk.pdf", "unreadable", "text layer is garbage")], False, ["s/junk.pdf"]),
+        ([], True, []),
+    ],
+)
+def test_documents_with_useful_text(documents, passed, bad):
+    ok, description, details = documents_with_useful_text(documents)
+    assert ok is passed
+    assert sorted(details.get("documents", {})) == bad
+    if not passed:
+        assert "no useful text" in description

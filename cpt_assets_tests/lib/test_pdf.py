@@ -280,3 +280,91 @@ def test_text_layer_failures_are_retried_but_ocr_pages_need_ocr(corpus_dir):
     assert extract_source([raw], [], first.failures).failures == first.failures
     retried = extract_source([raw], [], first.failures, ocr=True, ocr_language="xyz")
     assert retried.failures[0].error != NO_TEXT_LAYER and "OCR" in retried.failures[0].error
+
+
+# ---- extraction verdicts and tables (generated PDFs: cpt_assets_tests.pdf_builders) -----------------------------
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from cpt_assets_tests.pdf_builders import build_all
+
+    return build_all(tmp_path_factory.mktemp("built"))
+
+
+@pytest.mark.parametrize(
+    ("text", "low", "high"),
+    [
+        ("The server sends its certificate chain to the client.", 0.0, 0.0),
+        ("uint16 cipher_suites<2..2^16-2>; opaque legacy_session_id<0..32>;", 0.0, 0.0),
+        ("+--------+-------+\n| RouteId | 13 |\n+--------+-------+", 0.0, 0.0),
+        ("see http://www.tik.ee.ethz.ch/~naedele/x.pdf for details", 0.0, 0.0),
+        ('7=:/"@ :*|#7 :^+!(7 -\\()= ~*;# &~(-;!; )7/"!- &>(', 0.6, 1.0),
+        ("%P\x01HPWFSONFOU\x01IFSF\x01PS\x01IPNF", 0.1, 1.0),  # glyphs with no Unicode mapping
+        ("Anno~ncemcnt of a NaIl Facility ~t UCSB", 0.3, 0.7),  # OCR noise
+        ("\ue001\ue002\ue003 text", 0.3, 0.6),  # private-use glyphs
+    ],
+)
+def test_garbage_score(text, low, high):
+    from cpt_assets.lib.text_quality import score_text
+
+    assert low <= score_text(text).garbage <= high
+
+
+@pytest.mark.parametrize(
+    ("feature", "status", "reason"),
+    [
+        ("scan", "no_text", NO_TEXT_LAYER),
+        ("no_unicode_map", "unreadable", "unreadable text layer: text layer is garbage"),
+        ("junk_text", "unreadable", "unreadable text layer: text layer is garbage"),
+    ],
+)
+def test_documents_without_useful_text_are_failures_with_a_verdict(built, feature, status, reason):
+    from cpt_assets.lib.pdf import failure_status
+
+    pages, failure = extract_pages(raw_for(built[feature].path))
+    assert pages == [] and failure is not None
+    assert failure_status(failure) == status and failure.error.startswith(reason)
+
+
+def test_page_without_text_layer_makes_the_document_partial(built):
+    from cpt_assets.lib.pdf import document_status
+
+    pages, failure = extract_pages(raw_for(built["no_text_page"].path))
+    assert failure is None
+    statuses = [p.status for p in pages]
+    assert statuses.count("no_text") == 1 and set(statuses) == {"ok", "no_text"}
+    assert pages[statuses.index("no_text")].reason == "no text layer (image only)"
+    status, reason = document_status(pages)
+    assert status == "partial" and reason == f"1 of {len(pages)} page(s) without a text layer"
+
+
+def test_real_edge_documents_get_their_verdicts(corpus_dir):
+    from cpt_assets.lib.pdf import document_status
+
+    noisy, failure = extract_pages(raw_for(corpus_dir / "edge" / "rfc574.pdf"))
+    assert failure is None and document_status(noisy)[0] == "partial" and noisy[0].garbage > 0.12
+    stub, failure = extract_pages(raw_for(corpus_dir / "edge" / "rfc277.txt.pdf"))
+    assert failure is None and document_status(stub) == ("ok", "")
+    clean, _ = extract_pages(raw_for(corpus_dir / "ietf" / "rfc8174.txt.pdf"))
+    assert document_status(clean) == ("ok", "") and all(p.garbage == 0.0 for p in clean)
+
+
+def test_ruled_table_becomes_markdown_rows(built):
+    from cpt_assets_tests.pdf_builders import TABLE_ROWS
+
+    pages, _ = extract_pages(raw_for(built["table"].path), tables=True)
+    assert pages[0].tables == 1
+    text = pages[0].text
+    assert "| " + " | ".join(TABLE_ROWS[0]) + " |" in text
+    assert "| " + " | ".join(TABLE_ROWS[1]) + " |" in text
+    assert text.index(TABLE_ROWS[1][2]) < text.index("| " + " | ".join(TABLE_ROWS[2]))
+    plain, _ = extract_pages(raw_for(built["table"].path), tables=False)
+    assert plain[0].tables == 0 and "| RouteId" not in plain[0].text
+
+
+def test_numeric_table_is_dropped_with_a_reason():
+    from cpt_assets.lib.pdf import table_markdown
+
+    assert table_markdown([["1", "2.5"], ["3", "4%"]]) == ""
+    assert table_markdown([["a", None], ["1", "x|y"]]) == "| a |  |\n| --- | --- |\n| 1 | x\\|y |"

@@ -21,6 +21,7 @@ from cpt_assets.lib.chunk_refresh import plot_token_histogram, read_state, refre
 from cpt_assets.lib.chunking import ChunkingConfig
 from cpt_assets.lib.corpus_checks import (
     documents_accounted_for,
+    documents_with_useful_text,
     duplicate_chunks,
     empty_chunks,
     unreadable_documents,
@@ -133,7 +134,12 @@ def raw_pdfs(context: dg.AssetExecutionContext, lake: LakeResource, sources: Sou
             "every_pdf_extracted_or_explained",
             asset="page_text",
             description="every document has page text or a failure row with its reason",
-        )
+        ),
+        dg.AssetCheckSpec(
+            "every_pdf_yields_useful_text",
+            asset="page_text",
+            description="no fetched document's extraction verdict is no_text or unreadable",
+        ),
     ],
     description="Text of every page in reading order (pymupdf; OCR for image-only scans when the source enables "
     "it). Unreadable documents are rows of failures.parquet with their reason. Unchanged PDFs are reused.",
@@ -161,9 +167,15 @@ def page_text(context: dg.AssetExecutionContext, lake: LakeResource, sources: So
             "ocr_pages": d.ocr_pages,
             "seconds": round(d.seconds, 3),
             "error": d.error,
+            "verdict": d.verdict,
+            "reason": d.reason,
+            "text_coverage": d.text_coverage,
+            "garbage": d.garbage,
+            "tables": d.tables,
         }
         for d in result.documents
     ]
+    fetched = {row.doc_id for row in manifest if row.status == "ok"}
     return dg.MaterializeResult(
         metadata={
             "documents": len(result.documents),
@@ -179,8 +191,11 @@ def page_text(context: dg.AssetExecutionContext, lake: LakeResource, sources: So
             "seconds": round(result.seconds, 2),
             "pages_per_second": round(result.pages_per_second, 1),
             "documents_table": table_value(
-                documents, ["doc_id", "status", "pages", "chars", "ocr_pages", "seconds", "error"]
+                documents,
+                ["doc_id", "status", "verdict", "pages", "chars", "ocr_pages", "text_coverage", "garbage", "tables",
+                 "seconds", "reason"],  # fmt: skip
             ),
+            "documents_by_verdict": counts_md(result.verdicts, key="verdict"),
             "failures": dg.MetadataValue.md(
                 markdown_table(
                     [{"doc_id": f.doc_id, "error": f.error} for f in result.failures], ["doc_id", "error"], 160
@@ -192,7 +207,13 @@ def page_text(context: dg.AssetExecutionContext, lake: LakeResource, sources: So
         check_results=[
             check_result(
                 "every_pdf_extracted_or_explained", documents_accounted_for(manifest, result.pages, result.failures)
-            )
+            ),
+            check_result(
+                "every_pdf_yields_useful_text",
+                documents_with_useful_text(
+                    (d.doc_id, d.verdict, d.reason) for d in result.documents if d.doc_id in fetched
+                ),
+            ),
         ],
     )
 
@@ -273,6 +294,8 @@ def clean_chunks(
         metadata |= {
             "seconds_by_phase": dg.MetadataValue.json(result.timings),
             "mb_per_second": round(result.chars_in / 1e6 / result.seconds, 3) if result.seconds else 0.0,
+            "workers": result.workers,
+            "mb_per_second_per_core": round(result.mb_per_s_per_core, 3),
             "pages_dropped_by_reason": counts_md(result.dropped_pages),
             "lines_removed_by_reason": counts_md(result.removed_lines),
             "edits": counts_md(result.edits, key="edit"),
