@@ -17,12 +17,15 @@ from cpt_assets.lib.splits import (
     ratio_deviation,
 )
 
+# One writer of data_lake/splits/ and catalog.duckdb at a time (dagster.yaml gives every pool one slot).
+SPLITS_POOL = "lake_writer"
 SplitRunConfig = config_class(SplitConfig, "SplitRunConfig")
 
 
 @dg.asset(
     deps=[clean_chunks],
     group_name="corpus",
+    pool=SPLITS_POOL,
     kinds={"parquet", "duckdb", "huggingface"},
     automation_condition=FOLLOW_UPSTREAM,
     check_specs=[
