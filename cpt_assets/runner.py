@@ -359,20 +359,39 @@ def wait_for(
 
 
 def failure_reason(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
-    """The failed step and the first line of its error, else the run failure's message."""
-    failures = instance.get_records_for_run(
-        run.run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
+    """The failed step with the first line of its error (or its failed blocking checks), else the run's message."""
+    records = instance.get_records_for_run(
+        run.run_id,
+        of_type={
+            dg.DagsterEventType.STEP_FAILURE,
+            dg.DagsterEventType.RUN_FAILURE,
+            dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+        },
     ).records
-    for record in failures:
-        event = record.event_log_entry.dagster_event
+    events = [record.event_log_entry for record in records]
+    evaluations = [
+        e.dagster_event.event_specific_data
+        for e in events
+        if e.dagster_event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ]
+    checks = [
+        f"check {c.check_name} failed: {c.description}"
+        for c in evaluations
+        if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR
+    ]
+    for entry in events:
+        event = entry.dagster_event
         if event.event_type == dg.DagsterEventType.STEP_FAILURE:
+            if checks:
+                return f"step {event.step_key}: {'; '.join(checks)}"
             error = event.step_failure_data.error
             while error is not None and error.cause is not None:
                 error = error.cause  # the user's exception is the innermost cause
             message = (error.message if error else "").strip().splitlines()
             return f"step {event.step_key}: {message[0] if message else 'failed'}"
-    for record in failures:
-        return record.event_log_entry.message or record.event_log_entry.user_message
+    for entry in events:
+        if entry.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE:
+            return entry.message or entry.user_message
     return run.status.value.lower()
 
 
