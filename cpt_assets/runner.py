@@ -103,17 +103,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_zombies(instance: dg.DagsterInstance, run_ids: Sequence[str] | None = None) -> list[str]:
+def sweep_zombies(instance: dg.DagsterInstance, retry: bool = True) -> list[str]:
     """Mark STARTED runs whose worker process died as failed; returns their run ids.
+
+    With `retry=False` (the start-up sweep) the daemon does not retry them: the main job that follows reruns
+    what it needs itself, and a retry racing it over the same partition would only duplicate the work.
 
     Only for the default run launcher, whose workers are processes of this machine: other launchers (Kubernetes,
     Celery, Docker) answer this themselves through run monitoring's `check_run_worker_health`.
     """
     if not isinstance(instance.run_launcher, DefaultRunLauncher):
         return []
-    runs = instance.get_runs(
-        RunsFilter(run_ids=list(run_ids) if run_ids else None, statuses=[DagsterRunStatus.STARTED])
-    )
+    runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
     failed = []
     for run in runs:
         host = run.tags.get(HOST_TAG)
@@ -122,6 +123,9 @@ def sweep_zombies(instance: dg.DagsterInstance, run_ids: Sequence[str] | None = 
         pid = _worker_pid(instance, run.run_id)
         if pid is None or _alive(pid):
             continue
+        if not retry:
+            instance.add_run_tags(run.run_id, {"dagster/max_retries": "0"})
+            run = instance.get_run_by_id(run.run_id)
         instance.report_run_failed(run, f"run worker process {pid} is gone (killed or crashed); marked failed")
         failed.append(run.run_id)
     return failed
@@ -416,7 +420,7 @@ def run_main_job(home: Path, partitions: Sequence[str], corpus_only: bool) -> in
 
     started = time.monotonic()
     instance = open_instance(home)
-    for run_id in sweep_zombies(instance):
+    for run_id in sweep_zombies(instance, retry=False):
         log.warning("run %s was left STARTED by a process that died; marked failed", run_id)
     session = make_new_backfill_id()
     tags = {SESSION_TAG: session, HOST_TAG: socket.gethostname(), "cpt/launched_by": "cpt-pipeline"}
@@ -426,7 +430,8 @@ def run_main_job(home: Path, partitions: Sequence[str], corpus_only: bool) -> in
     timings: dict[str, float] = {}
     try:
         with workspace(instance) as context:
-            backfill_id, run_ids = submit_backfill(instance, context, CORPUS_JOB, partitions, tags)
+            with instance_lock(home):  # concurrent CLIs join one backfill instead of each submitting theirs
+                backfill_id, run_ids = submit_backfill(instance, context, CORPUS_JOB, partitions, tags)
             log.info(
                 "corpus backfill %s: %d run(s) for %s", backfill_id or "(joined)", len(run_ids), ", ".join(partitions)
             )
@@ -439,8 +444,9 @@ def run_main_job(home: Path, partitions: Sequence[str], corpus_only: bool) -> in
             ]
             stages = [SPLITS_JOB] if corpus_only else [SPLITS_JOB, MODEL_JOB]
             for job in stages:
-                active = _active_run(instance, job, None) if job == SPLITS_JOB else None
-                run_id = active.run_id if active else submit_job(instance, context, job, tags)
+                with instance_lock(home):
+                    active = _active_run(instance, job, None)
+                    run_id = active.run_id if active else submit_job(instance, context, job, tags)
                 log.info("%s: run %s%s", job, run_id, " (joined)" if active else "")
                 stage_started = time.monotonic()
                 [run] = wait_for(instance, [run_id], daemon)
@@ -457,7 +463,7 @@ def run_main_job(home: Path, partitions: Sequence[str], corpus_only: bool) -> in
         problems.append("interrupted")
     finally:
         daemon.stop()
-        sweep_zombies(instance)
+        sweep_zombies(instance, retry=False)
     log.info(
         "wall time %.1f s (%s)", time.monotonic() - started, ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
     )
