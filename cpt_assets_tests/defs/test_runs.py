@@ -23,8 +23,8 @@ from cpt_assets.defs.corpus.splits import corpus_splits
 from cpt_assets.defs.resources import LakeResource, SourcesResource
 
 SOURCES = {
-    "alpha": ("nist", ("FIPS199.pdf", "SP800-145.pdf")),
-    "beta": ("ietf", ("rfc2119.txt.pdf", "rfc8174.txt.pdf")),
+    "nist": ("nist", ("FIPS199.pdf", "SP800-145.pdf")),
+    "ietf": ("ietf", ("rfc2119.txt.pdf", "rfc8174.txt.pdf")),
 }
 CLI_TIMEOUT_S = 900
 
@@ -107,7 +107,7 @@ def test_four_concurrent_launches_on_a_fresh_instance_all_succeed_with_the_seque
         assert all(run.is_success for run in runs)
         corpus = [run for run in runs if run.job_name == "corpus_job"]
         # the CLIs joined one backfill: one run per source, each with the code location's origin (UI job pages)
-        assert sorted(run.tags["dagster/partition"] for run in corpus) == ["alpha", "beta"]
+        assert sorted(run.tags["dagster/partition"] for run in corpus) == ["ietf", "nist"]
         assert len({run.tags["dagster/backfill"] for run in corpus}) == 1
         assert all(run.remote_job_origin.location_name == "cpt_assets" for run in runs)
         assert len(instance.get_backfills()) == 1
@@ -175,9 +175,9 @@ def test_a_missing_and_an_empty_source_fail_by_name_while_the_others_make_the_sp
     assert "splits were made without blank, gone" in output
     assert "materialise raw_pdfs" not in output and "Traceback" not in output
     splits = latest_splits(tmp_path / "home")
-    assert splits["sources"] == ["alpha", "beta"]
+    assert splits["sources"] == ["ietf", "nist"]
     assert sorted(splits["sources_missing"]) == ["blank", "gone"]
-    assert sorted(splits["chunk_versions_used"]) == ["alpha", "beta"]
+    assert sorted(splits["chunk_versions_used"]) == ["ietf", "nist"]
 
 
 @pytest.mark.slow
