@@ -117,6 +117,9 @@ def test_four_concurrent_launches_on_a_fresh_instance_all_succeed_with_the_seque
 def _wait_for_started_worker(home: Path, step: str, timeout_s: float = 600) -> tuple[str, int]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if not (home / "cpt-daemon.json").exists():  # the CLI has not created the instance yet
+            time.sleep(0.5)
+            continue
         with dg.DagsterInstance.from_config(str(home)) as instance:
             for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
                 records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.STEP_START).records
