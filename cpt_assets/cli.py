@@ -88,7 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown source(s) {unknown}; the registry {registry.path} has {list(registry.names)}")
     home = prepare_dagster_home()
 
+    import signal
+
     from cpt_assets.runner import UserError, run_main_job
+
+    def interrupt(signum, frame):  # noqa: ARG001 (signal handler signature)
+        raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C: queued runs canceled, the daemon stopped
+
+    signal.signal(signal.SIGTERM, interrupt)
 
     try:
         _check_paths()

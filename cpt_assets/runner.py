@@ -174,10 +174,14 @@ class DaemonHandle:
                     f"a cpt-pipeline daemon with other CPT_* settings ({state.get('env')}) runs on this instance "
                     f"({self.home}); wait for it or use another DAGSTER_HOME"
                 )
-            if not (state.get("pid") and _alive(state["pid"])) and _foreign_queue_daemon(instance):
+            # heartbeats from our own daemon that was killed still look healthy for a minute: not a foreign daemon
+            ours_died = bool(state.get("pid")) and not _alive(state["pid"])
+            if not state.get("pid") and _foreign_queue_daemon(instance):
                 log.info("a dagster daemon (dagster dev?) already serves this instance's run queue: using it")
                 self.foreign = True
                 return
+            if ours_died:
+                log.warning("the dagster daemon this CLI's predecessor started (pid %d) is gone", state["pid"])
             if not (state.get("pid") and _alive(state["pid"])):
                 log_file = open(self.home / "cpt-daemon.log", "ab")  # noqa: SIM115 (the daemon owns it)
                 process = subprocess.Popen(
