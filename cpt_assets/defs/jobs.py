@@ -2,6 +2,11 @@
 
 import dagster as dg
 
+# A corpus run whose process died (killed, out of memory) is retried once by the daemon (dagster.yaml run_retries).
+# A failed step is not: its errors are about the source (a missing folder, no PDFs), which a rerun does not fix, and
+# transient download errors are already retried per document inside raw_pdfs.
+CORPUS_RUN_TAGS = {"dagster/max_retries": "1", "dagster/retry_on_asset_or_op_failure": "false"}
+
 CORPUS_JOB = "corpus_job"
 SPLITS_JOB = "splits_job"
 MODEL_JOB = "model_job"
@@ -12,6 +17,7 @@ MODEL_ASSETS = dg.AssetSelection.groups("model", "evaluation", "export")
 corpus_job = dg.define_asset_job(
     CORPUS_JOB,
     selection=CORPUS_ASSETS,
+    tags=CORPUS_RUN_TAGS,
     description="One source partition: fetch its PDFs, extract page text, clean and chunk.",
 )
 splits_job = dg.define_asset_job(

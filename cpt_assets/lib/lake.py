@@ -120,6 +120,21 @@ class Lake:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).resolve()
 
+    def remove_orphans(self, folder: Path, name: str = "*") -> list[Path]:
+        """Remove what `atomic_path` leaves when its writer is killed (`.NAME.tmp-*`, `.NAME.old-*`) in `folder`.
+
+        Only for a stage whose writer is exclusive (a pool of one), so no live writer's temp file is touched.
+        """
+        removed = []
+        for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
+            for path in sorted(Path(folder).glob(pattern)):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
     # ---- partitioned corpus stages -------------------------------------------------------------------------
     def partition_dir(self, stage: str, source: str) -> Path:
         return self.root / stage / f"source={source}"

@@ -195,6 +195,14 @@ def list_documents(source: Source) -> list[DocumentRef]:
     raise ValueError(f"source {source.name!r}: unknown kind {source.kind!r}")
 
 
+def documents_found(source: Source, refs: list[DocumentRef]) -> tuple[bool, str, dict]:
+    """The source promises at least one document: "no PDFs found in FOLDER" (a typo in a location) otherwise."""
+    if refs:
+        return True, f"{len(refs)} document(s) listed", {}
+    what = "no PDFs found in" if source.kind == "pdf_folder" else "no documents listed in"
+    return False, f"source {source.name!r}: {what} {source.location}", {"location": str(source.location)}
+
+
 def _read_url_list(source: Source) -> list[DocumentRef]:
     csv_path = source.location
     if not csv_path.is_file():

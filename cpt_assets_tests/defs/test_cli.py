@@ -36,6 +36,9 @@ def test_corpus_only_main_job_materialises_every_default_source_into_the_shared_
     assert sorted(r.job_name for r in runs) == ["corpus_job", "corpus_job", "splits_job"]
     assert {r.tags.get("dagster/partition") for r in runs if r.job_name == "corpus_job"} == {"nist", "ietf"}
     assert all(r.is_success for r in runs)
+    # launched through the instance: one backfill, every run with the code location's origin (the UI's job pages)
+    assert len({r.tags["dagster/backfill"] for r in runs if r.job_name == "corpus_job"}) == 1
+    assert {r.remote_job_origin.location_name for r in runs} == {"cpt_assets"}
     lake = Lake(lake_root)
     manifests = {source: lake.read_manifest(source) for source in ("nist", "ietf")}
     assert {s: sum(r.status == "ok" for r in rows) for s, rows in manifests.items()} == {"nist": 11, "ietf": 12}

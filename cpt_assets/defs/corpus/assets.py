@@ -28,7 +28,7 @@ from cpt_assets.lib.corpus_checks import (
 )
 from cpt_assets.lib.lake import write_records
 from cpt_assets.lib.pdf import extract_source
-from cpt_assets.lib.sources import MirrorIndex, fetch_documents, list_documents
+from cpt_assets.lib.sources import MirrorIndex, documents_found, fetch_documents, list_documents
 from cpt_assets.lib.types import Chunk, DroppedChunk, Page, PageFailure, RawDocument
 
 # Follow upstream materialisations (the scheduled raw_pdfs refresh) without a hand-made job per stage.
@@ -55,11 +55,22 @@ def content_version(hashes: list[str]) -> dg.DataVersion:
     return dg.DataVersion(hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16])
 
 
+def chunks_version(chunks: list[Chunk]) -> dg.DataVersion:
+    """clean_chunks' data version: its chunk ids in order (a chunk id hashes the text and where it came from)."""
+    return dg.DataVersion(hashlib.sha256("".join(c.chunk_id for c in chunks).encode()).hexdigest()[:16])
+
+
 @dg.asset(
     partitions_def=source_partitions,
     group_name="corpus",
     kinds={"pdf", "parquet"},
-    check_specs=[dg.AssetCheckSpec("all_pdfs_readable", asset="raw_pdfs", description="every PDF fetched and opens")],
+    check_specs=[
+        dg.AssetCheckSpec("all_pdfs_readable", asset="raw_pdfs", description="every PDF fetched and opens"),
+        # blocking: an empty source stops its run here, red, instead of failing page_text on an empty manifest
+        dg.AssetCheckSpec(
+            "source_has_documents", asset="raw_pdfs", blocking=True, description="the source lists at least one PDF"
+        ),
+    ],
     description="The source's PDFs, fetched (mirror by sha256, then download with resume) and stored under "
     "data_lake/raw/source=NAME/, with a manifest row per document (failures included, with their reason).",
 )
@@ -118,7 +129,8 @@ def raw_pdfs(context: dg.AssetExecutionContext, lake: LakeResource, sources: Sou
         },
         data_version=content_version([r.sha256 or "" for r in result.rows if r.status == "ok"]),
         check_results=[
-            check_result("all_pdfs_readable", unreadable_documents(result.rows), dg.AssetCheckSeverity.WARN)
+            check_result("all_pdfs_readable", unreadable_documents(result.rows), dg.AssetCheckSeverity.WARN),
+            check_result("source_has_documents", documents_found(source, refs)),
         ],
     )
 
@@ -148,6 +160,8 @@ def page_text(context: dg.AssetExecutionContext, lake: LakeResource, sources: So
     lk = lake.lake()
     source = sources.load().get(context.partition_key)
     manifest = lk.read_manifest(source.name)
+    if not manifest and lk.manifest_path(source.name).exists():
+        raise ValueError(f"raw_pdfs[{source.name}] found no documents: {documents_found(source, [])[1]}")
     if not manifest:
         raise FileNotFoundError(
             f"no manifest at {lk.manifest_path(source.name)}: materialise raw_pdfs[{source.name}] first"
@@ -303,9 +317,7 @@ def clean_chunks(
         }
     return dg.MaterializeResult(
         metadata=metadata,
-        data_version=dg.DataVersion(
-            hashlib.sha256("".join(c.chunk_id for c in refresh.chunks).encode()).hexdigest()[:16]
-        ),
+        data_version=chunks_version(refresh.chunks),
         check_results=[
             check_result("no_empty_chunks", empty_chunks(refresh.chunks)),
             check_result("no_duplicate_chunks", duplicate_chunks(refresh.chunks)),

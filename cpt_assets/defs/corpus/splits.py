@@ -1,12 +1,15 @@
 """The unpartitioned corpus_splits asset: every source's chunks -> train/validation/test by document."""
 
+from dataclasses import dataclass
+
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from cpt_assets.defs.config import config_class, to_dataclass
-from cpt_assets.defs.corpus.assets import FOLLOW_UPSTREAM, check_result, clean_chunks
+from cpt_assets.defs.corpus.assets import FOLLOW_UPSTREAM, check_result, chunks_version, clean_chunks
 from cpt_assets.defs.metadata import markdown_table
 from cpt_assets.defs.resources import LakeResource, SourcesResource
-from cpt_assets.lib.lake import read_records, write_splits
+from cpt_assets.lib.lake import Lake, read_records, write_splits
 from cpt_assets.lib.splits import (
     SPLITS,
     Assignment,
@@ -16,18 +19,61 @@ from cpt_assets.lib.splits import (
     ratio_check,
     ratio_deviation,
 )
+from cpt_assets.lib.types import Chunk
 
+# One writer of data_lake/splits/ and catalog.duckdb at a time (dagster.yaml gives every pool one slot).
+SPLITS_POOL = "lake_writer"
 SplitRunConfig = config_class(SplitConfig, "SplitRunConfig")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The chunks a splits run reads: per source, its data version, or the reason it is left out."""
+
+    chunks: list[Chunk]
+    versions: dict[str, str]  # source -> clean_chunks data version used
+    missing: dict[str, str]  # source -> why it is not in the splits
+
+
+def chunk_snapshot(instance: dg.DagsterInstance, lk: Lake, registered: list[str]) -> Snapshot:
+    """The latest complete clean_chunks materialisation of every source.
+
+    The chunks on disk are used only when their content hash equals the data version of the partition's latest
+    recorded materialisation, so a writer killed between its parquet rename and its materialisation event (or one
+    still running) never leaks half a refresh into the splits. A lake with no records in this instance (a new
+    DAGSTER_HOME over an old lake) is read as it is, and the metadata says so.
+    """
+    chunks, versions, missing = [], {}, {}
+    for name in registered:
+        if not lk.chunks_path(name).exists():
+            missing[name] = "no clean_chunks materialisation (its corpus run failed or never ran)"
+            continue
+        source_chunks = lk.read_chunks(name)
+        on_disk = chunks_version(source_chunks).value
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=clean_chunks.key, asset_partitions=[name]), limit=1, ascending=False
+        ).records
+        recorded = records[0].asset_materialization.tags.get(DATA_VERSION_TAG) if records else None
+        if recorded is not None and recorded != on_disk:
+            missing[name] = f"chunks on disk ({on_disk}) are not the last recorded materialisation ({recorded})"
+            continue
+        chunks += source_chunks
+        versions[name] = on_disk if recorded else f"{on_disk} (not recorded in this instance)"
+    return Snapshot(chunks, versions, missing)
 
 
 @dg.asset(
     deps=[clean_chunks],
     group_name="corpus",
+    pool=SPLITS_POOL,
     kinds={"parquet", "duckdb", "huggingface"},
     automation_condition=FOLLOW_UPSTREAM,
     check_specs=[
         dg.AssetCheckSpec("no_document_in_two_splits", asset="corpus_splits"),
         dg.AssetCheckSpec("split_ratios_within_tolerance", asset="corpus_splits"),
+        dg.AssetCheckSpec(
+            "every_source_included", asset="corpus_splits", description="every registered source is in the splits"
+        ),
     ],
     description="Train/validation/test splits assigned per document (70/20/10 of tokens by default), stable as "
     "documents are added; parquet + a datasets DatasetDict under data_lake/splits/, DuckDB catalog over the lake.",
@@ -37,14 +83,18 @@ def corpus_splits(
 ) -> dg.MaterializeResult:
     split_config = to_dataclass(config, SplitConfig)
     lk = lake.lake()
-    registered = sources.load().names
-    present = [name for name in registered if lk.chunks_path(name).exists()]
-    missing = sorted(set(registered) - set(present))
-    if missing:
-        context.log.warning(f"sources without chunks yet (materialise their partitions first): {missing}")
-    chunks = [chunk for name in present for chunk in lk.read_chunks(name)]
+    registered = list(sources.load().names)
+    removed = lk.remove_orphans(lk.splits_dir) + lk.remove_orphans(lk.catalog_path.parent, lk.catalog_path.name)
+    if removed:
+        context.log.warning(f"removed temp files a killed writer left: {[p.name for p in removed]}")
+    snapshot = chunk_snapshot(context.instance, lk, registered)
+    for name, reason in snapshot.missing.items():
+        context.log.warning(f"source {name} is not in these splits: {reason}")
+    chunks = snapshot.chunks
     if not chunks:
-        raise ValueError(f"no chunks in any source partition under {lk.root}; registered sources: {registered}")
+        raise ValueError(
+            f"no chunks in any source partition under {lk.root}; registered sources: {registered}; {snapshot.missing}"
+        )
 
     previous = {a.doc_id: a.split for a in read_records(lk.split_assignments_path, Assignment)}
     result = make_splits(chunks, previous, split_config)
@@ -75,8 +125,10 @@ def corpus_splits(
             "tokens": sum(c.n_tokens for r in result.rows.values() for c in r),
             "cross_split_duplicates_dropped": result.cross_split_duplicates,
             "max_ratio_deviation": round(max(deviation.values()), 4),
-            "sources": dg.MetadataValue.json(present),
-            "sources_missing": dg.MetadataValue.json(missing),
+            "sources": dg.MetadataValue.json(sorted(snapshot.versions)),
+            "sources_missing": dg.MetadataValue.json(snapshot.missing),
+            "chunk_versions_used": dg.MetadataValue.json(snapshot.versions),
+            "orphan_temp_files_removed": len(removed),
             "splits": dg.MetadataValue.md(
                 markdown_table(
                     per_split, ["split", "documents", "chunks", "tokens", "token_share", "target", "sources"]
@@ -98,6 +150,13 @@ def corpus_splits(
             check_result(
                 "split_ratios_within_tolerance",
                 ratio_check(result.token_share, split_config, len(result.assignments)),
+            ),
+            dg.AssetCheckResult(
+                check_name="every_source_included",
+                passed=not snapshot.missing,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=f"missing: {', '.join(snapshot.missing)}" if snapshot.missing else "every source",
+                metadata={"missing": dg.MetadataValue.json(snapshot.missing)},
             ),
         ],
     )
