@@ -61,7 +61,14 @@ from cpt_assets.lib.gguf_verify import (
     verify_gguf,
 )
 from cpt_assets.lib.lake import atomic_path, sha256_file
-from cpt_assets.lib.llama_tools import LlamaCpp, LlamaToolError, llama_cpp_sources, python_env, run_tool
+from cpt_assets.lib.llama_tools import (
+    LlamaCpp,
+    LlamaToolError,
+    installed_version,
+    llama_cpp_sources,
+    python_env,
+    run_tool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +258,12 @@ def toolchain_versions() -> dict[str, str]:
 
     import llama_cpp
 
-    return {"llama_cpp_python": llama_cpp.__version__, "llama_cpp": llama_cpp_version(), "gguf": version("gguf")}
+    return {
+        "llama_cpp_python": llama_cpp.__version__,
+        "llama_cpp": llama_cpp_version(),
+        "llama_cpp_sources": f"llama-cpp-python {installed_version()} sdist (converter, gguf-py, tools)",
+        "gguf": version("gguf"),
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -105,6 +105,11 @@ def chunk_plan(total_tokens: int, context: int, max_tokens: int) -> tuple[int, i
     return context, max(2, min(total_tokens // context, max_tokens // context))
 
 
+# llama.cpp 0.3.36's AMX repacked-weight path crashes (SIGSEGV in ggml_backend_amx_mul_mat) on quantized files on
+# CPUs with AMX (these machines); --no-repack keeps the plain CPU kernels, which compute the same values.
+NO_REPACK = "--no-repack"
+
+
 def _threads(threads: int | None) -> str:
     return str(threads or os.cpu_count() or 1)
 
@@ -121,7 +126,7 @@ def compute_imatrix(
     """llama-imatrix over `chunks` chunks of `context` tokens of `text_file`, written (GGUF format) to out_path."""
     started = time.perf_counter()
     command = [sources.tool("llama-imatrix"), "-m", f16_path, "-f", text_file, "-o", out_path]
-    command += ["-c", str(context), "--chunks", str(chunks), "-t", _threads(threads), "--no-ppl"]
+    command += ["-c", str(context), "--chunks", str(chunks), "-t", _threads(threads), "--no-ppl", NO_REPACK]
     run_tool(command)
     entries = len(_imatrix_columns(out_path))
     return Imatrix(out_path, sha256_file(out_path), chunks, context, entries, time.perf_counter() - started)
@@ -162,7 +167,7 @@ def kld_base(
 ) -> float:
     """Store the F16 file's log-probabilities over the text (llama-perplexity --kl-divergence-base); its perplexity."""
     command = [sources.tool("llama-perplexity"), "-m", f16_path, "-f", text_file, "--kl-divergence-base", base_out]
-    command += ["-c", str(context), "--chunks", str(chunks), "-t", _threads(threads)]
+    command += ["-c", str(context), "--chunks", str(chunks), "-t", _threads(threads), NO_REPACK]
     output = run_tool(command)
     match = re.search(r"Final estimate: PPL = ([0-9.]+)", output)
     return float(match[1]) if match else float("nan")
@@ -206,7 +211,7 @@ def kl_divergence(
     """Compare a quantized file with the stored F16 log-probabilities (llama-perplexity --kl-divergence)."""
     started = time.perf_counter()
     command = [sources.tool("llama-perplexity"), "-m", gguf_file.path, "--kl-divergence-base", base_file]
-    command += ["--kl-divergence", "-c", str(context), "-t", _threads(threads)]
+    command += ["--kl-divergence", "-c", str(context), "-t", _threads(threads), NO_REPACK]
     stats = parse_kld_output(run_tool(command))
     return QuantFidelity(
         file=gguf_file.path.name,
