@@ -22,11 +22,13 @@ architecture or pre-tokenizer) fails before anything is written.
 from __future__ import annotations
 
 import ctypes
-import hashlib
+import functools
 import json
 import logging
 import os
 import re
+import shutil
+import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -35,6 +37,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cpt_assets.lib.gguf_fidelity import (
+    Imatrix,
+    QuantFidelity,
+    check_imatrix,
+    choose_type,
+    chunk_plan,
+    compute_imatrix,
+    kl_divergence,
+    kld_base,
+    kld_markdown,
+    size_kld_plot,
+    write_text,
+)
 from cpt_assets.lib.gguf_verify import (
     Fidelity,
     fidelity_markdown,
@@ -46,44 +61,44 @@ from cpt_assets.lib.gguf_verify import (
     verify_gguf,
 )
 from cpt_assets.lib.lake import atomic_path, sha256_file
+from cpt_assets.lib.llama_tools import (
+    LlamaCpp,
+    LlamaToolError,
+    installed_version,
+    llama_cpp_sources,
+    python_env,
+    run_tool,
+)
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # HF architectures this writer converts (model_type "llama")
 PROVENANCE_NAMESPACE = "cpt"
-# Types llama.cpp refuses to produce without an importance matrix (llama-quantize says so); we have none.
+# Types llama-quantize refuses to produce without an importance matrix.
 NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "Q2_K_S"})
+# Candidates the type is chosen from by KLD (hidden size 576 makes K-quants fall back per tensor: names mislead).
+CANDIDATE_TYPES = ("Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0")
+DEFAULT_MAX_MEAN_KLD = 0.05  # set from the first measurements on SmolLM2-135M, with a margin (see the bench)
 # Types that make no sense as a quantization of an F16 file here (F32 grows it; MXFP4_MOE is for MoE experts).
 NOT_QUANTIZATIONS = frozenset({"F32", "MXFP4_MOE"})
 
-# convert_hf_to_gguf.py's get_vocab_base_pre: sha256 of str(tokenizer.encode(PROBE)) -> llama.cpp pre-tokenizer.
-# Only the BPE tokenizers a Llama-architecture model here can carry are listed; others fail loudly.
-PRE_TOKENIZER_PROBE = (
-    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 "
-    "3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ "
-    "------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, "
-    "'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
-)
-KNOWN_PRE_TOKENIZERS = {
-    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # HuggingFaceTB/SmolLM-135M
-    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # meta-llama/Meta-Llama-3-8B
-    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",  # openai-community/gpt2
-}
+
+def quantization_types(imatrix: bool = False) -> list[str]:
+    """File types `quantize_gguf` accepts: llama.cpp's ftype list; those needing an importance matrix only with one."""
+    excluded = NOT_QUANTIZATIONS | {"F16"} | (frozenset() if imatrix else NEEDS_IMATRIX)
+    return sorted(set(llama_file_types()) - excluded)
 
 
-def quantization_types() -> list[str]:
-    """File types `quantize_gguf` accepts: llama.cpp's ftype list, less those needing an importance matrix."""
-    return sorted(set(llama_file_types()) - NEEDS_IMATRIX - NOT_QUANTIZATIONS - {"F16"})
+def validate_quantization(qtype: str, imatrix: bool = False) -> str:
+    """The canonical (upper-case) name of a quantization type, or ValueError naming it and listing valid ones.
 
-
-def validate_quantization(qtype: str) -> str:
-    """The canonical (upper-case) name of a quantization type, or ValueError naming it and listing valid ones."""
+    `imatrix`: whether an importance matrix will be available; types in NEEDS_IMATRIX are refused without one.
+    """
     name = str(qtype).strip().upper()
-    valid = quantization_types()
-    if name in NEEDS_IMATRIX:
+    valid = quantization_types(imatrix)
+    if name in NEEDS_IMATRIX and not imatrix:
         raise ValueError(
-            f"GGUF type {qtype!r} needs an importance matrix, which this export does not make; "
-            f"valid: {', '.join(valid)}"
+            f"GGUF type {qtype!r} needs an importance matrix and none is available (use_imatrix is off); "
+            f"valid without one: {', '.join(valid)}"
         )
     if name not in valid:
         raise ValueError(f"Unknown GGUF quantization type {qtype!r}; llama.cpp knows: {', '.join(valid)}")
@@ -121,7 +136,13 @@ DEFAULT_PROMPTS = (
 class GGUFExportConfig:
     """What the gguf_model asset writes and how strictly it checks it."""
 
-    quantizations: tuple[str, ...] = ("Q4_K_M",)  # llama.cpp file types made from the F16 file (Q8_0, Q5_K_M, ...)
+    quantizations: tuple[str, ...] = CANDIDATE_TYPES  # llama.cpp file types tried (each measured by KLD vs F16)
+    use_imatrix: bool = True  # also quantize with a domain imatrix (train split); keep the variant with lower KLD
+    imatrix_max_tokens: int = 8192  # train-split tokens llama-imatrix reads (whole chunks)
+    kld_context: int = 512  # llama-perplexity context; shorter test texts get a smaller one
+    kld_max_tokens: int = 8192  # test-split tokens scored for KLD (whole chunks; each scores its second half)
+    max_mean_kld: float = DEFAULT_MAX_MEAN_KLD  # bound on mean KLD vs F16: the check and the choice of type
+    max_p99_kld: float | None = None  # optional bound on the 99th-percentile KLD
     f16_perplexity_tolerance: float = 0.01  # F16 perplexity may drift at most this much (relative) from the HF model
     quantized_perplexity_tolerance: float | None = None  # bound for quantized files; None: reported, not checked
     context_length: int = 2048  # num_ctx in the Modelfile
@@ -130,13 +151,13 @@ class GGUFExportConfig:
     max_new_tokens: int = 32  # greedy completion length per prompt
     prompts: tuple[str, ...] = DEFAULT_PROMPTS  # prompts whose greedy completions are stored side by side
     sampling: SamplingParams = field(default_factory=SamplingParams)  # Modelfile PARAMETERs
-    modelfile_type: str | None = None  # file type the Modelfile points at; None: the first quantization
+    modelfile_type: str | None = None  # file type the Modelfile points at; None: the smallest within max_mean_kld
     threads: int | None = None  # llama.cpp threads (quantize and verify); None: all cores
 
     def __post_init__(self) -> None:
         if isinstance(self.quantizations, str):
             object.__setattr__(self, "quantizations", (self.quantizations,))
-        names = tuple(validate_quantization(q) for q in self.quantizations)
+        names = tuple(validate_quantization(q, imatrix=self.use_imatrix) for q in self.quantizations)
         if len(set(names)) != len(names):
             raise ValueError(f"quantizations lists a type twice: {self.quantizations}")
         object.__setattr__(self, "quantizations", names)
@@ -150,6 +171,10 @@ class GGUFExportConfig:
             raise ValueError(f"block_size must be >= 16 and max_blocks >= 1, got {self.block_size}, {self.max_blocks}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.kld_context < 128 or self.kld_max_tokens < 2 * 128 or self.imatrix_max_tokens < 128:
+            raise ValueError("kld_context must be >= 128 and kld_max_tokens, imatrix_max_tokens >= 256, 128")
+        if self.max_mean_kld <= 0 or (self.max_p99_kld is not None and self.max_p99_kld <= 0):
+            raise ValueError(f"KLD bounds must be > 0, got {self.max_mean_kld}, {self.max_p99_kld}")
         if self.modelfile_type is not None:
             wanted = self.modelfile_type.upper()
             if wanted not in ("F16", *names):
@@ -233,7 +258,12 @@ def toolchain_versions() -> dict[str, str]:
 
     import llama_cpp
 
-    return {"llama_cpp_python": llama_cpp.__version__, "llama_cpp": llama_cpp_version(), "gguf": version("gguf")}
+    return {
+        "llama_cpp_python": llama_cpp.__version__,
+        "llama_cpp": llama_cpp_version(),
+        "llama_cpp_sources": f"llama-cpp-python {installed_version()} sdist (converter, gguf-py, tools)",
+        "gguf": version("gguf"),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +302,7 @@ def describe_gguf(path: Path, seconds: float = 0.0) -> GGUFFile:
     )
 
 
-# ---- F16 writer ---------------------------------------------------------------------------------------------------
+# ---- conversion through llama.cpp's convert_hf_to_gguf.py ----------------------------------------------------------
 def _load_config(model_dir: Path) -> dict[str, Any]:
     config_path = model_dir / "config.json"
     if not config_path.exists():
@@ -280,279 +310,162 @@ def _load_config(model_dir: Path) -> dict[str, Any]:
     return json.loads(config_path.read_text())
 
 
-def check_architecture(config: Mapping[str, Any], model_dir: Path) -> None:
-    """ValueError unless the model is a plain Llama this writer converts exactly."""
-    architecture = (config.get("architectures") or [config.get("model_type", "?")])[0]
-    if architecture not in SUPPORTED_ARCHITECTURES or config.get("model_type") != "llama":
-        raise ValueError(
-            f"Model {model_dir} has architecture {architecture!r} (model_type {config.get('model_type')!r}); "
-            f"the GGUF writer supports only {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, Mapping) else "default"
-    if rope_type not in (None, "default"):
-        raise ValueError(f"Model {model_dir} uses RoPE scaling {rope_type!r}, which the GGUF writer does not convert")
+@functools.cache
+def supported_architectures(converter: Path) -> frozenset[str]:
+    """The HF text architectures llama.cpp's converter registers (`convert_hf_to_gguf.py --print-supported-models`)."""
+    sources = LlamaCpp(version="", source=Path(converter).parent)
+    output = run_tool([sys.executable, converter, "--print-supported-models"], env=python_env(sources), timeout=120)
+    names, in_text = set(), False
+    for line in output.splitlines():
+        if line.strip().endswith("models:"):
+            in_text = line.strip() == "TEXT models:"
+        elif in_text and line.strip().startswith("- "):
+            names.add(line.strip()[2:])
+    if not names:
+        raise LlamaToolError(f"{converter} listed no supported architectures:\n{output[-2000:]}")
+    return frozenset(names)
 
 
-def _rope_theta(config: Mapping[str, Any]) -> float:
-    rope = config.get("rope_parameters") or {}
-    return float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
-
-
-def pre_tokenizer_name(tokenizer) -> str:
-    """llama.cpp's name for the tokenizer's BPE pre-tokenizer, identified by the probe hash; ValueError if unknown."""
-    digest = hashlib.sha256(str(tokenizer.encode(PRE_TOKENIZER_PROBE)).encode()).hexdigest()
-    if digest not in KNOWN_PRE_TOKENIZERS:
-        raise ValueError(
-            f"Unrecognised BPE pre-tokenizer (probe hash {digest}); llama.cpp would tokenize differently. "
-            f"Known: {sorted(set(KNOWN_PRE_TOKENIZERS.values()))}"
-        )
-    return KNOWN_PRE_TOKENIZERS[digest]
-
-
-def _vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
-    """Tokens and token types as convert_hf_to_gguf.py's get_vocab_base writes them."""
-    import gguf
-
-    reverse = {token_id: token for token, token_id in tokenizer.get_vocab().items()}
-    if max(reverse) >= vocab_size:
-        raise ValueError(f"Tokenizer has token id {max(reverse)} but the model's vocab_size is {vocab_size}")
-    added = tokenizer.get_added_vocab()
-    decoder = tokenizer.added_tokens_decoder
-    tokens, types = [], []
-    for token_id in range(vocab_size):
-        token = reverse.get(token_id)
-        if token is None:
-            tokens.append(f"[PAD{token_id}]")
-            types.append(gguf.TokenType.UNUSED)
-        elif token in added:
-            looks_special = token.startswith("<|") and token.endswith("|>")
-            special = decoder[token_id].special if token_id in decoder else False
-            types.append(gguf.TokenType.CONTROL if special or looks_special else gguf.TokenType.USER_DEFINED)
-            tokens.append(token)
-        else:
-            types.append(gguf.TokenType.NORMAL)
-            tokens.append(token)
-    return tokens, types
-
-
-def permute_qk(weights, n_head: int, n_head_kv: int | None = None):
-    """convert_hf_to_gguf.py's LlamaModel.permute: HF's half-split RoPE rows to llama.cpp's interleaved pairs."""
-    if n_head_kv is not None and n_head != n_head_kv:
-        n_head = n_head_kv
-    return (
-        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weights.shape)
-    )
-
-
-def _tensor_plan(model_dir: Path, config: Mapping[str, Any]) -> list[tuple[Path, str, str]]:
-    """(file, HF name, GGUF name) for every tensor to write; ValueError naming any tensor llama.cpp has no slot for."""
-    import gguf
-    from safetensors import safe_open
-
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"Model folder {model_dir} has no *.safetensors weights")
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(config["num_hidden_layers"]))
-    tied = bool(config.get("tie_word_embeddings", False))
-    plan, unmapped = [], []
-    for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():
-                if name.endswith(".rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
-                    continue  # recomputed by llama.cpp / shared with token_embd
-                new_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
-                if new_name is None:
-                    unmapped.append(name)
-                else:
-                    plan.append((file, name, new_name))
-    if unmapped:
-        raise ValueError(f"Model {model_dir} has tensors with no llama.cpp counterpart: {unmapped[:10]}")
-    # The q/k permutation reshapes rows per head: catch a config that disagrees with the weights now, not mid-write.
-    n_head = int(config["num_attention_heads"])
-    n_head_kv = int(config.get("num_key_value_heads") or n_head)
-    head_dim = int(config.get("head_dim") or config["hidden_size"] // n_head)
-    wrong = []
-    for file, name, _ in plan:
-        heads = n_head if ".q_proj." in name else n_head_kv if ".k_proj." in name else None
-        if heads is None:
-            continue
-        with safe_open(str(file), framework="pt") as handle:
-            rows = handle.get_slice(name).get_shape()[0]
-        if rows != heads * head_dim or head_dim % 2:
-            wrong.append(f"{name}: {rows} rows, config says {heads} heads x {head_dim}")
-    if wrong:
-        raise ValueError(f"Model {model_dir} weights disagree with its config: {wrong[:5]}")
-    return plan
-
-
-@dataclass(frozen=True)
-class ConversionPlan:
-    """Everything write_f16_gguf needs, gathered and checked before a byte is written."""
-
-    model_dir: Path
-    config: Mapping[str, Any]
-    tensors: list[tuple[Path, str, str]]  # (safetensors file, HF name, GGUF name)
-    pre_tokenizer: str  # llama.cpp's pre-tokenizer name ("smollm")
-    tokens: list[str]
-    token_types: list[int]
-    special_vocab: Any  # gguf.SpecialVocab: merges, special token ids, chat template
-    add_bos: bool  # whether HF adds BOS to plain text (SmolLM2 does not)
-
-
-def plan_conversion(model_dir: Path) -> ConversionPlan:
-    """Check that `model_dir` converts exactly and gather what the writer needs; reads, never writes.
+def check_convertible(model_dir: Path, sources: LlamaCpp) -> str:
+    """The model's HF architecture if llama.cpp's converter supports it; reads, never writes.
 
     Raises:
-        FileNotFoundError: config or weights missing.
-        ValueError: unsupported architecture, RoPE scaling, pre-tokenizer, vocabulary or tensor, naming it.
+        FileNotFoundError: config.json or the *.safetensors weights are missing.
+        ValueError: the architecture is not one llama.cpp converts, naming it.
     """
-    import gguf
-    from transformers import AutoTokenizer
-
     model_dir = Path(model_dir)
     config = _load_config(model_dir)
-    check_architecture(config, model_dir)
-    tensors = _tensor_plan(model_dir, config)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    pre = pre_tokenizer_name(tokenizer)
-    vocab_size = int(config["vocab_size"])
-    tokens, token_types = _vocabulary(tokenizer, vocab_size)
-    special_vocab = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size)
-    if not special_vocab.merges:
-        raise ValueError(f"Tokenizer in {model_dir} has no BPE merges (tokenizer.json); cannot write a gpt2 vocab")
-    # Whether HF adds BOS to plain text decides llama.cpp's add_bos_token.
-    probe = "a"
-    add_bos = tokenizer(probe)["input_ids"] != tokenizer(probe, add_special_tokens=False)["input_ids"]
-    special_vocab.add_special_token["bos"] = add_bos
-    return ConversionPlan(model_dir, config, tensors, pre, tokens, token_types, special_vocab, add_bos)
+    architecture = (config.get("architectures") or [None])[0]
+    if architecture is None:
+        raise ValueError(f'Model {model_dir}: config.json names no architecture ("architectures" is empty)')
+    if architecture not in supported_architectures(sources.converter):
+        raise ValueError(
+            f"Model {model_dir} has architecture {architecture!r}, which llama.cpp {sources.version}'s "
+            f"convert_hf_to_gguf.py does not convert"
+        )
+    if not any(model_dir.glob("*.safetensors")):
+        raise FileNotFoundError(f"Model folder {model_dir} has no *.safetensors weights")
+    return architecture
 
 
-def write_f16_gguf(
+def provenance_metadata(provenance: Provenance, sampling: SamplingParams | None) -> dict[str, Any]:
+    """Our keys for the converted file: general.* naming, sampling defaults, cpt.* provenance, tool versions."""
+    adapted = "continually pretrained with LoRA" if provenance.adapter_config_sha256 else "converted"
+    kv: dict[str, Any] = {
+        "general.name": provenance.name,
+        "general.description": f"{provenance.base_model_name} {adapted} by cpt_assets",
+        "general.base_model.count": 1,
+        "general.base_model.0.name": provenance.base_model_name,
+    }
+    if sampling is not None:
+        kv |= {
+            "general.sampling.temp": float(sampling.temperature),
+            "general.sampling.top_p": float(sampling.top_p),
+            "general.sampling.top_k": int(sampling.top_k),
+            "general.sampling.penalty_repeat": float(sampling.repeat_penalty),
+        }
+    kv |= provenance.to_kv()
+    kv |= {f"{PROVENANCE_NAMESPACE}.version.{tool}": v for tool, v in toolchain_versions().items()}
+    kv[f"{PROVENANCE_NAMESPACE}.created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return kv
+
+
+# Run with llama.cpp's own gguf-py on PYTHONPATH: its gguf_new_metadata.copy_with_new_metadata copies every KV pair
+# and tensor of the converted file into a new one with our keys added (strings, floats and integers only).
+_COPY_SCRIPT = """
+import json, sys
+import gguf
+from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+source, target, kv_file = sys.argv[1:4]
+kinds = {str: gguf.GGUFValueType.STRING, float: gguf.GGUFValueType.FLOAT32, int: gguf.GGUFValueType.UINT32}
+new = {key: MetadataDetails(kinds[type(value)], value) for key, value in json.load(open(kv_file)).items()}
+reader = gguf.GGUFReader(source, "r")
+arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+writer = gguf.GGUFWriter(target, arch=arch, endianess=reader.endianess)
+copy_with_new_metadata(reader, writer, new, [])
+"""
+
+
+def add_metadata(source: Path, target: Path, kv: Mapping[str, Any], sources: LlamaCpp) -> None:
+    """Copy a GGUF with `kv` added or replacing existing keys, using llama.cpp's gguf-py (not PyPI's gguf)."""
+    kv_file = Path(target).with_suffix(".kv.json")
+    kv_file.write_text(json.dumps(dict(kv)), encoding="utf-8")
+    try:
+        run_tool([sys.executable, "-c", _COPY_SCRIPT, source, target, kv_file], env=python_env(sources), timeout=600)
+    finally:
+        kv_file.unlink(missing_ok=True)
+
+
+def convert_to_gguf(
     model_dir: Path,
     out_path: Path,
     provenance: Provenance | Mapping[str, Any],
     sampling: SamplingParams | None = None,
+    sources: LlamaCpp | None = None,
 ) -> GGUFFile:
-    """Convert a HF Llama folder (safetensors + tokenizer) to an F16 GGUF with tokenizer and provenance metadata.
+    """Convert a HF model folder to an F16 GGUF with llama.cpp's convert_hf_to_gguf.py, then add our provenance.
 
-    Args:
-        model_dir: merged (or base) model folder: config.json, *.safetensors, tokenizer files.
-        out_path: the .gguf to write; replaced atomically, untouched if anything fails.
-        provenance: a Provenance or a mapping of its fields.
-        sampling: recommended sampling defaults to record as general.sampling.*; omitted if None.
+    The converter runs as a subprocess with the gguf-py of its own sources on PYTHONPATH (PyPI's gguf can lag behind
+    the converter). Every architecture the converter supports converts; the vocabulary, pre-tokenizer and any
+    weight permutation are llama.cpp's own.
 
     Raises:
         FileNotFoundError: config or weights missing.
-        ValueError: unsupported architecture, RoPE scaling, pre-tokenizer or tensor (before anything is written).
+        ValueError: an architecture the converter does not support (before anything is written).
+        LlamaToolError: the converter failed (for example an unrecognised BPE pre-tokenizer); nothing is left at
+            out_path.
     """
-    import gguf
-    import torch
-    from safetensors import safe_open
-
     started = time.perf_counter()
     model_dir, out_path = Path(model_dir), Path(out_path)
     if not isinstance(provenance, Provenance):
         provenance = Provenance.from_mapping(provenance)
-    conversion = plan_conversion(model_dir)
-    config, plan, pre = conversion.config, conversion.tensors, conversion.pre_tokenizer
-    vocab_size = int(config["vocab_size"])
-
-    n_head = int(config["num_attention_heads"])
-    n_head_kv = int(config.get("num_key_value_heads") or n_head)
-    head_dim = int(config.get("head_dim") or config["hidden_size"] // n_head)
-    versions = toolchain_versions()
-
+    sources = sources or llama_cpp_sources()
+    check_convertible(model_dir, sources)
+    kv = provenance_metadata(provenance, sampling)
     with atomic_path(out_path) as tmp:
-        writer = gguf.GGUFWriter(path=str(tmp), arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-        writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(provenance.name)
-        adapted = "continually pretrained with LoRA" if provenance.adapter_config_sha256 else "converted"
-        writer.add_description(f"{provenance.base_model_name} {adapted} by cpt_assets")
-        writer.add_base_model_count(1)
-        writer.add_base_model_name(0, provenance.base_model_name)
-        # Architecture: TextModel.set_gguf_parameters + LlamaModel.set_gguf_parameters.
-        writer.add_context_length(int(config["max_position_embeddings"]))
-        writer.add_embedding_length(int(config["hidden_size"]))
-        writer.add_feed_forward_length(int(config["intermediate_size"]))
-        writer.add_block_count(int(config["num_hidden_layers"]))
-        writer.add_head_count(n_head)
-        writer.add_head_count_kv(n_head_kv)
-        writer.add_rope_freq_base(_rope_theta(config))
-        writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-        writer.add_vocab_size(vocab_size)
-        writer.add_rope_dimension_count(head_dim)
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-        # Tokenizer: _set_vocab_gpt2.
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(pre)
-        writer.add_token_list(conversion.tokens)
-        writer.add_token_types(conversion.token_types)
-        conversion.special_vocab.add_to_gguf(writer, quiet=True)
-        if sampling is not None:
-            writer.add_sampling_temp(sampling.temperature)
-            writer.add_sampling_top_p(sampling.top_p)
-            writer.add_sampling_top_k(sampling.top_k)
-            writer.add_sampling_penalty_repeat(sampling.repeat_penalty)
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for key, value in provenance.to_kv().items():
-            writer.add_string(key, value)
-        for tool, version in versions.items():
-            writer.add_string(f"{PROVENANCE_NAMESPACE}.version.{tool}", version)
-        writer.add_string(f"{PROVENANCE_NAMESPACE}.created_at", datetime.now(UTC).isoformat(timespec="seconds"))
-
-        for file, name, new_name in plan:
-            with safe_open(str(file), framework="pt") as handle:
-                data = handle.get_tensor(name).to(torch.float32)
-            if name.endswith(("q_proj.weight", "q_proj.bias")):
-                data = permute_qk(data, n_head, n_head)
-            elif name.endswith(("k_proj.weight", "k_proj.bias")):
-                data = permute_qk(data, n_head, n_head_kv)
-            array = data.numpy()
-            # As prepare_tensors does: 1-D tensors and norms stay F32, 2-D weights become F16.
-            if array.ndim >= 2 and name.endswith(".weight") and not new_name.endswith("_norm.weight"):
-                writer.add_tensor(new_name, array.astype("float16"), raw_dtype=gguf.GGMLQuantizationType.F16)
-            else:
-                writer.add_tensor(new_name, array, raw_dtype=gguf.GGMLQuantizationType.F32)
-
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        converted = tmp.with_name(tmp.name + ".converted")
+        try:
+            command = [sys.executable, sources.converter, model_dir, "--outtype", "f16", "--outfile", converted]
+            run_tool(command, env=python_env(sources))
+            add_metadata(converted, tmp, kv, sources)
+        finally:
+            converted.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
-    log.info("Wrote %s (%d tensors, pre-tokenizer %s) in %.1fs", out_path, len(plan), pre, seconds)
+    log.info("Converted %s to %s with llama.cpp %s in %.1fs", model_dir, out_path, sources.version, seconds)
     return describe_gguf(out_path, seconds)
 
 
 # ---- quantization -------------------------------------------------------------------------------------------------
-def quantize_gguf(f16_path: Path, out_path: Path, qtype: str, threads: int | None = None) -> GGUFFile:
-    """Quantize an F16 GGUF with llama.cpp's quantizer (through llama-cpp-python); the KV metadata is carried over.
+def quantize_gguf(
+    f16_path: Path,
+    out_path: Path,
+    qtype: str,
+    threads: int | None = None,
+    imatrix: Path | None = None,
+    sources: LlamaCpp | None = None,
+) -> GGUFFile:
+    """Quantize an F16 GGUF with llama.cpp's llama-quantize, with an importance matrix if given; KV metadata carries.
 
     Raises:
-        ValueError: unknown quantization type (before anything is written).
-        FileNotFoundError: the F16 file is missing.
-        RuntimeError: llama.cpp reported a failure (nothing is left at out_path).
+        ValueError: unknown type, a type that needs an imatrix without one, or an imatrix made for another model
+            (all before anything is written).
+        FileNotFoundError: the F16 file or the imatrix is missing.
+        LlamaToolError: llama-quantize failed (nothing is left at out_path).
     """
-    import llama_cpp
-
-    name = validate_quantization(qtype)
+    name = validate_quantization(qtype, imatrix=imatrix is not None)
     f16_path, out_path = Path(f16_path), Path(out_path)
     if not f16_path.exists():
         raise FileNotFoundError(f"F16 GGUF {f16_path} does not exist")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_file_types()[name]
-    params.nthread = threads or os.cpu_count() or 1
+    sources = sources or llama_cpp_sources()
+    command = [sources.tool("llama-quantize")]
+    if imatrix is not None:
+        check_imatrix(imatrix, f16_path)
+        command += ["--imatrix", imatrix]
     started = time.perf_counter()
     with atomic_path(out_path) as tmp:
-        code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), ctypes.byref(params))
-        if code != 0:
-            raise RuntimeError(f"llama.cpp failed to quantize {f16_path} to {name} (return code {code})")
+        run_tool([*command, f16_path, tmp, name, str(threads or os.cpu_count() or 1)])
     seconds = time.perf_counter() - started
-    log.info("Quantized %s to %s in %.1fs", f16_path.name, name, seconds)
+    log.info("Quantized %s to %s%s in %.1fs", f16_path.name, name, " with imatrix" if imatrix else "", seconds)
     return describe_gguf(out_path, seconds)
 
 
@@ -638,12 +551,17 @@ def write_modelfile(
 # ---- the whole export ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GGUFExport:
-    """What the gguf_model asset reports: files, their fidelity, the Modelfile and the provenance written."""
+    """What the gguf_model asset reports: files, their fidelity, the chosen type, the Modelfile and the provenance."""
 
     folder: Path
-    files: tuple[GGUFFile, ...]  # F16 first, then each quantization
-    fidelity: tuple[Fidelity, ...]  # same order as files
+    files: tuple[GGUFFile, ...]  # F16 first, then the kept variant of each quantization
+    fidelity: tuple[Fidelity, ...]  # vs the HF model: the F16 file and the Modelfile's file
+    quant_fidelity: tuple[QuantFidelity, ...]  # vs the F16 file: every candidate, with and without the imatrix
+    chosen_type: str  # the file type the Modelfile points at
+    choice_reason: str
+    imatrix: Imatrix | None
     modelfile: Path
+    plot: Path | None  # size vs KLD PNG
     provenance: dict[str, Any]  # as read back from the F16 file
     hf_perplexity: float
     reference_seconds: float  # HF side of the verification
@@ -652,14 +570,20 @@ class GGUFExport:
         return next(f for f in self.files if f.file_type == file_type.upper())
 
     def table(self) -> list[dict[str, object]]:
-        """Files and fidelity in one table."""
+        """Every file kept: size, bits per weight, time, hash, KLD vs F16 and whether it used the imatrix."""
+        kept = {row.file: row for row in self.quant_fidelity}
         rows = []
-        for gguf_file, row in zip(self.files, fidelity_table(self.fidelity), strict=True):
+        for gguf_file in self.files:
+            row = kept.get(gguf_file.path.name)
             rows.append(
                 {
-                    **row,
+                    "file": gguf_file.path.name,
+                    "type": gguf_file.file_type,
+                    "imatrix": row.imatrix if row else False,
                     "mb": round(gguf_file.bytes / 1e6, 2),
                     "bits_per_weight": round(gguf_file.bits_per_weight, 3),
+                    "mean_kld": round(row.mean_kld, 6) if row else 0.0,
+                    "same_top_pct": round(100 * row.same_top_share, 2) if row else 100.0,
                     "seconds": round(gguf_file.seconds, 2),
                     "sha256": gguf_file.sha256[:16],
                 }
@@ -667,14 +591,30 @@ class GGUFExport:
         return rows
 
     def markdown(self) -> str:
-        return fidelity_markdown(self.fidelity)
+        parts = [
+            f"**Modelfile type: {self.chosen_type}**. {self.choice_reason}",
+            "",
+            "KL divergence from the F16 file (llama-perplexity), every candidate:",
+            "",
+            kld_markdown(self.quant_fidelity),
+            "",
+            "F16 and the chosen file against the merged HF model:",
+            "",
+            fidelity_markdown(self.fidelity),
+        ]
+        return "\n".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        """Files, fidelity table, greedy completions side by side and provenance, JSON-ready."""
+        """Files, fidelity tables, choice, greedy completions side by side and provenance, JSON-ready."""
         return {
             "files": [asdict(f) | {"path": str(f.path)} for f in self.files],
             "table": self.table(),
+            "kld": [asdict(row) for row in self.quant_fidelity],
+            "chosen_type": self.chosen_type,
+            "choice_reason": self.choice_reason,
+            "imatrix": asdict(self.imatrix) | {"path": str(self.imatrix.path)} if self.imatrix else None,
             "hf_perplexity": self.hf_perplexity,
+            "hf_fidelity": fidelity_table(self.fidelity),
             "completions": completions_side_by_side(self.fidelity),
             "modelfile": str(self.modelfile),
             "provenance": self.provenance,
@@ -692,12 +632,63 @@ def completions_side_by_side(fidelities: Sequence[Fidelity]) -> list[dict[str, s
     return rows
 
 
-VERIFICATION_FILE = "verification.json"  # beside the GGUF files: how each one compared with the HF model
+VERIFICATION_FILE = "verification.json"  # beside the GGUF files: how each one compared with F16 and the HF model
+IMATRIX_FILE = "imatrix.gguf"  # the domain importance matrix, kept beside the files it quantized
+PLOT_FILE = "size_vs_kld.png"
 
 
 def gguf_file_name(stem: str, file_type: str) -> str:
     """The one place the GGUF file names are spelled: `<stem>-<TYPE>.gguf`."""
     return f"{stem}-{file_type.upper()}.gguf"
+
+
+def _bounded_texts(texts: Sequence[str], max_chars: int) -> list[str]:
+    """Leading texts up to about max_chars characters (the tools read whole chunks of what they get)."""
+    kept, total = [], 0
+    for text in texts:
+        if text.strip() and total < max_chars:
+            kept.append(text[: max_chars - total])
+            total += len(kept[-1])
+    return kept
+
+
+def _token_count(model_dir: Path, texts: Sequence[str]) -> int:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+
+def _quantize_candidates(
+    f16: GGUFFile,
+    folder: Path,
+    work: Path,
+    stem: str,
+    config: GGUFExportConfig,
+    imatrix: Imatrix | None,
+    base: Path,
+    context: int,
+    sources: LlamaCpp,
+) -> tuple[list[GGUFFile], list[QuantFidelity]]:
+    """Quantize each type without and (if any) with the imatrix, measure KLD, keep the better variant in `folder`."""
+    kept, rows = [], []
+    for qtype in config.quantizations:
+        variants = [] if qtype in NEEDS_IMATRIX else [None]
+        variants += [imatrix.path] if imatrix is not None else []
+        measured = []
+        for matrix in variants:
+            tag = "imatrix" if matrix else "plain"
+            candidate = quantize_gguf(f16.path, work / f"{tag}-{qtype}.gguf", qtype, config.threads, matrix, sources)
+            row = kl_divergence(candidate, base, sources, context, matrix is not None, config.threads)
+            measured.append((candidate, row))
+        best_file, best_row = min(measured, key=lambda pair: pair[1].mean_kld)
+        target = folder / gguf_file_name(stem, qtype)
+        os.replace(best_file.path, target)
+        kept.append(replace(best_file, path=target))
+        rows += [replace(row, file=target.name) if row is best_row else row for _, row in measured]
+        for candidate, _ in measured:
+            candidate.path.unlink(missing_ok=True)
+    return kept, rows
 
 
 def export_gguf(
@@ -707,49 +698,100 @@ def export_gguf(
     texts: Sequence[str],
     config: GGUFExportConfig | None = None,
     stem: str = "model",
+    train_texts: Sequence[str] = (),
+    sources: LlamaCpp | None = None,
 ) -> GGUFExport:
-    """F16 GGUF, its quantizations, verification against the HF model, and an Ollama Modelfile, in `out_dir`.
+    """F16 GGUF by llama.cpp's converter, candidate quantizations measured by KLD, verification, Modelfile.
 
-    Bad input (unsupported architecture, pre-tokenizer or tensor, no usable text; unknown quantization types fail in
-    GGUFExportConfig) raises before anything is written. The folder is built beside `out_dir` and swapped in only
-    when every file is written, so a failed export leaves the previous one intact. Verification results never fail
-    the export: they are returned (and written to verification.json beside the files) for the asset checks.
+    Bad input (an architecture llama.cpp cannot convert, no usable text, no train text for the imatrix, tools not
+    built; unknown types fail in GGUFExportConfig) raises before anything is written. The folder is built beside
+    `out_dir` and swapped in only when every file is written, so a failed export leaves the previous one intact.
+    Fidelity figures never fail the export: they are returned (and written to verification.json) for the checks.
 
     Args:
         model_dir: merged HF model folder.
-        out_dir: folder for the GGUF files, the Modelfile and verification.json.
+        out_dir: folder for the GGUF files, the imatrix, the Modelfile, the plot and verification.json.
         provenance: what to record inside every GGUF.
-        texts: held-out texts (test split) for tokenization and perplexity comparison.
+        texts: held-out texts (test split): tokenization, perplexity against HF, KLD against F16.
         config: export settings; GGUFExportConfig() if None.
         stem: file name stem.
+        train_texts: train-split texts for the domain importance matrix (needed when config.use_imatrix).
+        sources: llama.cpp sources and tools; those of the installed llama-cpp-python if None.
     """
     config = config or GGUFExportConfig()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not isinstance(provenance, Provenance):
         provenance = Provenance.from_mapping(provenance)
     # Every input check runs before the (slow) HF reference and before anything is written.
-    plan_conversion(model_dir)
+    sources = sources or llama_cpp_sources()
+    check_convertible(model_dir, sources)
+    for tool in ("llama-quantize", "llama-perplexity", *(("llama-imatrix",) if config.use_imatrix else ())):
+        sources.tool(tool)
     if not texts or not any(str(text).strip() for text in texts):
         raise ValueError("export_gguf needs at least one non-empty verification text")
+    train = _bounded_texts(train_texts, 8 * config.imatrix_max_tokens)
+    if config.use_imatrix and not train:
+        raise ValueError("use_imatrix is on but no train-split text was given for the importance matrix")
+    test = _bounded_texts(texts, 8 * config.kld_max_tokens)
+    context, chunks = chunk_plan(_token_count(model_dir, test), config.kld_context, config.kld_max_tokens)
 
     reference = hf_reference(
         model_dir, texts, config.prompts, config.block_size, config.max_blocks, config.max_new_tokens
     )
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        f16 = write_f16_gguf(model_dir, tmp / gguf_file_name(stem, "F16"), provenance, config.sampling)
-        files = [f16]
-        for qtype in config.quantizations:
-            files.append(quantize_gguf(f16.path, tmp / gguf_file_name(stem, qtype), qtype, config.threads))
-        fidelity = [verify_gguf(f.path, reference=reference, n_threads=config.threads) for f in files]
-        target_type = config.modelfile_type or (config.quantizations[0] if config.quantizations else "F16")
+        work = tmp / ".work"  # the F16 log-probabilities (hundreds of MB) and losing variants; removed below
+        work.mkdir()
+        f16 = convert_to_gguf(model_dir, tmp / gguf_file_name(stem, "F16"), provenance, config.sampling, sources)
+        test_file = write_text(test, work / "test.txt")
+        base = work / "f16.kld"
+        kld_base(f16.path, test_file, base, sources, context, chunks, config.threads)
+        imatrix = None
+        if config.use_imatrix:
+            train_context, train_chunks = chunk_plan(
+                _token_count(model_dir, train), config.kld_context, config.imatrix_max_tokens
+            )
+            imatrix = compute_imatrix(
+                f16.path,
+                write_text(train, work / "train.txt"),
+                tmp / IMATRIX_FILE,
+                sources,
+                train_context,
+                train_chunks,
+                config.threads,
+            )
+        quantized, rows = _quantize_candidates(f16, tmp, work, stem, config, imatrix, base, context, sources)
+        shutil.rmtree(work)
+        files = [f16, *quantized]
+        kept = [row for row in rows if any(row.file == f.path.name for f in quantized)]
+        chosen, reason = choose_type(kept, config.max_mean_kld, config.max_p99_kld)
+        if config.modelfile_type is not None:
+            target_type, reason = config.modelfile_type, f"{config.modelfile_type} set by modelfile_type; {reason}"
+        else:
+            target_type = chosen.file_type if chosen else "F16"
+            reason = reason if chosen else f"{reason}: the Modelfile points at F16"
         target = next(f for f in files if f.file_type == target_type)
+        verified = [f16] if target is f16 else [f16, target]
+        fidelity = [verify_gguf(f.path, reference=reference, n_threads=config.threads) for f in verified]
         write_modelfile(target.path, tmp / "Modelfile", config.context_length, params=config.sampling)
+        plot = None
+        if rows:
+            (tmp / PLOT_FILE).write_bytes(size_kld_plot(rows, config.max_mean_kld))
+            plot = out_dir / PLOT_FILE
+
+        def moved(path: Path) -> Path:
+            return out_dir / path.name
+
         result = GGUFExport(
             folder=out_dir,
-            files=tuple(replace(f, path=out_dir / f.path.name) for f in files),
-            fidelity=tuple(replace(f, path=out_dir / f.path.name) for f in fidelity),
+            files=tuple(replace(f, path=moved(f.path)) for f in files),
+            fidelity=tuple(replace(f, path=moved(f.path)) for f in fidelity),
+            quant_fidelity=tuple(rows),
+            chosen_type=target_type,
+            choice_reason=reason,
+            imatrix=replace(imatrix, path=moved(imatrix.path)) if imatrix else None,
             modelfile=out_dir / "Modelfile",
+            plot=plot,
             provenance=read_provenance(f16.path),
             hf_perplexity=reference.perplexity,
             reference_seconds=reference.seconds,

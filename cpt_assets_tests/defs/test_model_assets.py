@@ -29,7 +29,16 @@ TINY_TRAINING = {
     "cpu_max_tokens": 0,
 }
 TINY_EVAL = {"max_samples": 2, "prompt_tokens": 16, "max_new_tokens": 8, "block_size": 64, "max_eval_blocks": 2}
-TINY_GGUF = {"quantizations": ["Q8_0"], "block_size": 64, "max_blocks": 2, "max_new_tokens": 4, "context_length": 256}
+TINY_GGUF = {
+    "quantizations": ["Q8_0"],
+    "block_size": 64,
+    "max_blocks": 2,
+    "max_new_tokens": 4,
+    "context_length": 256,
+    "kld_context": 128,
+    "kld_max_tokens": 512,
+    "imatrix_max_tokens": 512,
+}
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +92,7 @@ def test_gguf_loads_in_llama_cpp_and_carries_its_provenance(model_run, corpus_la
     assert checks["gguf_loads_in_llama_cpp"].passed
     assert checks["gguf_tokenization_matches_hf"].passed
     assert checks["gguf_perplexity_within_bound"].passed, checks["gguf_perplexity_within_bound"].description
+    assert checks["gguf_kld_within_bound"].passed, checks["gguf_kld_within_bound"].description
     gguf = materialization(model_run, "gguf_model")
     target = corpus_lake.lake.gguf_dir / "model-Q8_0.gguf"
     assert gguf["gguf_path"] == str(target) and target.exists()

@@ -23,6 +23,7 @@ from cpt_assets.lib.gguf_export import (
     export_gguf,
     toolchain_versions,
 )
+from cpt_assets.lib.gguf_fidelity import kld_markdown, kld_within, png_markdown
 from cpt_assets.lib.gguf_verify import gguf_loads, perplexity_within, tokenization_matches
 from cpt_assets.lib.lake import SPLIT_NAMES, Lake, read_split, sha256_file
 from cpt_assets.lib.merge import merge_adapter
@@ -30,7 +31,12 @@ from cpt_assets.lib.splits import split_content_hash
 from cpt_assets.lib.training import TRAINING_INFO_FILE
 
 GGUFRunConfig = config_class(GGUFExportConfig, "GGUFRunConfig")
-GGUF_CHECKS = ("gguf_loads_in_llama_cpp", "gguf_tokenization_matches_hf", "gguf_perplexity_within_bound")
+GGUF_CHECKS = (
+    "gguf_loads_in_llama_cpp",
+    "gguf_tokenization_matches_hf",
+    "gguf_perplexity_within_bound",
+    "gguf_kld_within_bound",
+)
 
 
 @dg.asset(
@@ -103,15 +109,20 @@ def export_provenance(lake: Lake, run_id: str) -> Provenance:
     group_name="export",
     kinds={"gguf", "llama.cpp", "ollama"},
     check_specs=[dg.AssetCheckSpec(name, asset="gguf_model") for name in GGUF_CHECKS],
-    description="F16 GGUF written with the gguf package and quantized by llama.cpp (Q4_K_M by default), each loaded "
-    "back in llama.cpp and compared with the merged model (tokenization, perplexity, greedy completions); "
-    "provenance inside the file as KV metadata; an Ollama Modelfile beside it, under data_lake/gguf/.",
+    description="F16 GGUF made by llama.cpp's own convert_hf_to_gguf.py (from the llama-cpp-python sdist), with our "
+    "provenance added as KV metadata; candidate types quantized by llama-quantize with and without a domain importance "
+    "matrix (llama-imatrix on the train split) and measured against F16 by llama-perplexity --kl-divergence on the "
+    "test split; the Modelfile points at the smallest file within the KLD bound. F16 and that file are compared with "
+    "the merged model (tokenization, perplexity, greedy completions). Under data_lake/gguf/.",
 )
 def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: LakeResource) -> dg.MaterializeResult:
     lk = lake.lake()
     export_config = to_dataclass(config, GGUFExportConfig)
     texts = [chunk.text for chunk in read_split(lk, "test")] or [chunk.text for chunk in read_split(lk, "validation")]
-    export = export_gguf(lk.merged_model_dir, lk.gguf_dir, export_provenance(lk, context.run_id), texts, export_config)
+    train = [chunk.text for chunk in read_split(lk, "train")]
+    provenance = export_provenance(lk, context.run_id)
+    export = export_gguf(lk.merged_model_dir, lk.gguf_dir, provenance, texts, export_config, train_texts=train)
+    chosen_rows = [row for row in export.quant_fidelity if row.file == export.file(export.chosen_type).path.name]
 
     checks = []
     for name, outcomes in (
@@ -120,6 +131,11 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
         (
             "gguf_perplexity_within_bound",
             [perplexity_within(f, export_config.tolerance_for(f.file_type)) for f in export.fidelity],
+        ),
+        (
+            "gguf_kld_within_bound",
+            [kld_within(row, export_config.max_mean_kld, export_config.max_p99_kld) for row in chosen_rows]
+            or [(False, export.choice_reason)],
         ),
     ):
         checks.append(
@@ -134,11 +150,13 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
         for f in export.fidelity
         for c in f.completions
     ]
-    target = export.file(
-        export_config.modelfile_type or (export_config.quantizations[0] if export_config.quantizations else "F16")
-    )
+    target = export.file(export.chosen_type)
     metadata = {
         "fidelity": dg.MetadataValue.md(export.markdown()),
+        "chosen_type": export.chosen_type,
+        "choice_reason": export.choice_reason,
+        "kld_table": dg.MetadataValue.md(kld_markdown(export.quant_fidelity)),
+        "size_vs_kld": dg.MetadataValue.md(png_markdown(export.plot.read_bytes()) if export.plot else "_no plot_"),
         "files": table_value(export.table(), list(export.table()[0])),
         "completions": table_value(completions, ["file", "prompt", "hf", "gguf", "identical"]),
         "hf_perplexity": round(export.hf_perplexity, 4),
@@ -148,6 +166,10 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
         "gguf_path": dg.MetadataValue.path(str(target.path)),
         "verification": dg.MetadataValue.path(str(lk.gguf_dir / VERIFICATION_FILE)),
     }
+    for row in chosen_rows:
+        metadata |= {"mean_kld": row.mean_kld, "p99_kld": row.p99_kld, "same_top_share": row.same_top_share}
+    if export.imatrix:
+        metadata |= {"imatrix_sha256": export.imatrix.sha256, "imatrix_chunks": export.imatrix.chunks}
     for gguf_file in export.files:
         prefix = gguf_file.file_type.lower()
         metadata[f"{prefix}_bytes"] = dg.MetadataValue.int(gguf_file.bytes)
