@@ -43,7 +43,7 @@ def test_format_bytes(n, expected):
 
 
 @pytest.mark.parametrize(
-    ("s", "expected"), [(0.4213, "0.421 s"), (12.34, "12.3 s"), (252.0, "4.2 min"), (5400.0, "1.5 h")]
+    ("s", "expected"), [(0.4213, "0.421 s"), (12.34, "12.3 s"), (252.0, "4.2 min"), (9000.0, "2.5 h")]
 )
 def test_format_seconds(s, expected):
     assert format_seconds(s) == expected
