@@ -3,8 +3,8 @@
 import dagster as dg
 
 from cpt_assets.defs.config import config_class, to_dataclass
-from cpt_assets.defs.corpus.assets import FOLLOW_UPSTREAM, check_result, clean_chunks
-from cpt_assets.defs.metadata import markdown_table
+from cpt_assets.defs.corpus.assets import FOLLOW_UPSTREAM, clean_chunks, corpus_check
+from cpt_assets.defs.metadata import short_hash, table, text
 from cpt_assets.defs.resources import LakeResource, SourcesResource
 from cpt_assets.lib.lake import read_records, write_splits
 from cpt_assets.lib.splits import (
@@ -26,8 +26,17 @@ SplitRunConfig = config_class(SplitConfig, "SplitRunConfig")
     kinds={"parquet", "duckdb", "huggingface"},
     automation_condition=FOLLOW_UPSTREAM,
     check_specs=[
-        dg.AssetCheckSpec("no_document_in_two_splits", asset="corpus_splits"),
-        dg.AssetCheckSpec("split_ratios_within_tolerance", asset="corpus_splits"),
+        dg.AssetCheckSpec(
+            "no_document_in_two_splits",
+            asset="corpus_splits",
+            description="no document has chunks in more than one split (no train/test leakage)",
+        ),
+        dg.AssetCheckSpec(
+            "split_ratios_within_tolerance",
+            asset="corpus_splits",
+            description="each split's share of tokens is within the configured tolerance of its target ratio "
+            "(passes with a note when there are too few documents to split finer)",
+        ),
     ],
     description="Train/validation/test splits assigned per document (70/20/10 of tokens by default), stable as "
     "documents are added; parquet + a datasets DatasetDict under data_lake/splits/, DuckDB catalog over the lake.",
@@ -60,7 +69,7 @@ def corpus_splits(
                 "documents": len({c.doc_id for c in rows}),
                 "chunks": len(rows),
                 "tokens": sum(c.n_tokens for c in rows),
-                "token_share": f"{result.token_share[name]:.3f}",
+                "token_share": round(result.token_share[name], 3),
                 "target": getattr(split_config, name),
                 "sources": ", ".join(sorted({c.source for c in rows})),
             }
@@ -75,27 +84,23 @@ def corpus_splits(
             "tokens": sum(c.n_tokens for r in result.rows.values() for c in r),
             "cross_split_duplicates_dropped": result.cross_split_duplicates,
             "max_ratio_deviation": round(max(deviation.values()), 4),
-            "sources": dg.MetadataValue.json(present),
-            "sources_missing": dg.MetadataValue.json(missing),
-            "splits": dg.MetadataValue.md(
-                markdown_table(
-                    per_split, ["split", "documents", "chunks", "tokens", "token_share", "target", "sources"]
-                )
-            ),
+            "sources": text(present),
+            "sources_missing": text(missing),
+            "splits": table(per_split, ["split", "documents", "chunks", "tokens", "token_share", "target", "sources"]),
+            # full hashes: gguf_model's provenance is compared with these (and they are in the lake's split files)
             "split_hashes": dg.MetadataValue.json({name: result.split_hash(name) for name in SPLITS}),
-            "assignments": dg.MetadataValue.md(
-                markdown_table(
-                    [{"doc_id": a.doc_id, "split": a.split, "tokens": a.doc_tokens} for a in result.assignments],
-                    ["doc_id", "split", "tokens"],
-                )
+            **{f"{name}_hash": short_hash(result.split_hash(name)) for name in SPLITS},
+            "assignments": table(
+                [{"doc_id": a.doc_id, "split": a.split, "tokens": a.doc_tokens} for a in result.assignments],
+                ["doc_id", "split", "tokens"],
             ),
             "dataset_dict": dg.MetadataValue.path(str(lk.hf_dataset_dir)),
             "catalog": dg.MetadataValue.path(str(lk.catalog_path)),
         },
         data_version=dg.DataVersion("-".join(result.split_hash(name)[:8] for name in SPLITS)),
         check_results=[
-            check_result("no_document_in_two_splits", leakage_check(result.rows)),
-            check_result(
+            corpus_check("no_document_in_two_splits", leakage_check(result.rows)),
+            corpus_check(
                 "split_ratios_within_tolerance",
                 ratio_check(result.token_share, split_config, len(result.assignments)),
             ),

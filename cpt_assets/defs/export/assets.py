@@ -11,7 +11,7 @@ import dagster as dg
 
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.splits import corpus_splits
-from cpt_assets.defs.metadata import table_value
+from cpt_assets.defs.metadata import check_result, megabytes, numbers, short_hash, sig, table, text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
 from cpt_assets.defs.training.base import base_model
@@ -30,14 +30,29 @@ from cpt_assets.lib.splits import split_content_hash
 from cpt_assets.lib.training import TRAINING_INFO_FILE
 
 GGUFRunConfig = config_class(GGUFExportConfig, "GGUFRunConfig")
-GGUF_CHECKS = ("gguf_loads_in_llama_cpp", "gguf_tokenization_matches_hf", "gguf_perplexity_within_bound")
+GGUF_CHECKS = {
+    "gguf_loads_in_llama_cpp": "every GGUF file (F16 and each quantization) loads in llama.cpp",
+    "gguf_tokenization_matches_hf": "llama.cpp tokenizes the test texts into exactly the token ids the HF tokenizer "
+    "gives (a wrong pre-tokenizer loads but babbles)",
+    "gguf_perplexity_within_bound": "each GGUF's perplexity on test blocks is within its file type's bound of the "
+    "merged HF model's (see the tolerance knobs)",
+}
+FILE_COLUMNS = ["file", "type", "mb", "bits_per_weight", "seconds", "sha256"]
+FIDELITY_COLUMNS = ["type", "loads", "tokenization", "hf_ppl", "gguf_ppl", "drift_pct", "same_completions"]
 
 
 @dg.asset(
     deps=[lora_adapter, base_model],
     group_name="export",
     kinds={"peft", "safetensors"},
-    check_specs=[dg.AssetCheckSpec("merge_changed_weights", asset="merged_model")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "merge_changed_weights",
+            asset="merged_model",
+            description="merging the adapter changed at least one base tensor (an adapter that changes nothing is "
+            "a training or merge fault)",
+        )
+    ],
     description="The LoRA adapter merged into the base model (peft merge_and_unload), saved as safetensors + "
     "tokenizer under data_lake/models/merged. An adapter trained on another base fails before anything is written.",
 )
@@ -47,12 +62,18 @@ def merged_model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
     context.log.info(f"merged {result.lora_modules} LoRA modules; {result.changed_tensors} tensors changed")
     return dg.MaterializeResult(
         metadata={
-            "lora_modules": result.lora_modules,
-            "changed_tensors": result.changed_tensors,
-            "max_abs_delta": float(result.max_abs_delta),
-            "parameters": result.parameters,
-            "changed_parameters_share": round(result.changed_share, 5),
-            "weight_change_by_module": table_value(
+            **numbers(
+                {
+                    "lora_modules": result.lora_modules,
+                    "changed_tensors": result.changed_tensors,
+                    "max_abs_delta": float(result.max_abs_delta),
+                    "parameters": result.parameters,
+                    "changed_parameters_share": result.changed_share,
+                    "weights_mb": megabytes(result.weights_bytes),
+                    "seconds": result.seconds,
+                }
+            ),
+            "weight_change_by_module": table(
                 result.change_table(),
                 [
                     "module",
@@ -64,19 +85,17 @@ def merged_model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
                     "relative_change",
                 ],
             ),
-            "weights_bytes": dg.MetadataValue.int(result.weights_bytes),
-            "weights_sha256": result.weights_sha256,
-            "adapter_config_sha256": result.adapter_config_sha256,
-            "seconds": round(result.seconds, 1),
+            "weights_sha256": short_hash(result.weights_sha256),
+            "adapter_config_sha256": short_hash(result.adapter_config_sha256),
             "path": dg.MetadataValue.path(str(result.path)),
         },
         data_version=dg.DataVersion(result.weights_sha256[:16]),
         check_results=[
-            dg.AssetCheckResult(
-                check_name="merge_changed_weights",
-                passed=result.changed_tensors > 0,
-                description=f"{result.changed_tensors} base tensors changed by the merge (max |delta| "
-                f"{result.max_abs_delta:.3g})",
+            check_result(
+                "merge_changed_weights",
+                result.changed_tensors > 0,
+                f"{result.changed_tensors} base tensors changed by the merge (max |delta| {result.max_abs_delta:.3g})",
+                metadata={"changed_tensors": result.changed_tensors, "max_abs_delta": float(result.max_abs_delta)},
             )
         ],
     )
@@ -99,10 +118,10 @@ def export_provenance(lake: Lake, run_id: str) -> Provenance:
 
 
 @dg.asset(
-    deps=[merged_model, corpus_splits],
+    deps=[merged_model, corpus_splits, base_model, lora_adapter],  # provenance reads the base and adapter files
     group_name="export",
     kinds={"gguf", "llama.cpp", "ollama"},
-    check_specs=[dg.AssetCheckSpec(name, asset="gguf_model") for name in GGUF_CHECKS],
+    check_specs=[dg.AssetCheckSpec(name, asset="gguf_model", description=about) for name, about in GGUF_CHECKS.items()],
     description="F16 GGUF written with the gguf package and quantized by llama.cpp (Q4_K_M by default), each loaded "
     "back in llama.cpp and compared with the merged model (tokenization, perplexity, greedy completions); "
     "provenance inside the file as KV metadata; an Ollama Modelfile beside it, under data_lake/gguf/.",
@@ -113,6 +132,13 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
     texts = [chunk.text for chunk in read_split(lk, "test")] or [chunk.text for chunk in read_split(lk, "validation")]
     export = export_gguf(lk.merged_model_dir, lk.gguf_dir, export_provenance(lk, context.run_id), texts, export_config)
 
+    check_figures = {
+        "gguf_loads_in_llama_cpp": {"files_loaded": sum(f.loaded for f in export.fidelity)},
+        "gguf_tokenization_matches_hf": {"tokens_compared": sum(f.tokens_compared for f in export.fidelity)},
+        "gguf_perplexity_within_bound": {
+            f"{f.file_type.lower()}_drift_pct": 100 * f.relative_drift for f in export.fidelity if f.loaded
+        },
+    }
     checks = []
     for name, outcomes in (
         ("gguf_loads_in_llama_cpp", [gguf_loads(f) for f in export.fidelity]),
@@ -123,37 +149,49 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
         ),
     ):
         checks.append(
-            dg.AssetCheckResult(
-                check_name=name,
-                passed=all(passed for passed, _ in outcomes),
-                description="; ".join(text for _, text in outcomes),
+            check_result(
+                name,
+                all(passed for passed, _ in outcomes),
+                "; ".join(text for _, text in outcomes),
+                metadata=check_figures[name],
             )
         )
     completions = [
-        {"file": f.file_type, "prompt": c.prompt[:80], "hf": c.hf[:200], "gguf": c.gguf[:200], "identical": c.identical}
+        {"file": f.file_type, "prompt": c.prompt, "hf": c.hf, "gguf": c.gguf, "identical": c.identical}
         for f in export.fidelity
         for c in f.completions
     ]
     target = export.file(
         export_config.modelfile_type or (export_config.quantizations[0] if export_config.quantizations else "F16")
     )
+    rows = export.table()  # files and fidelity in one wide row per file: shown as two narrower tables
     metadata = {
-        "fidelity": dg.MetadataValue.md(export.markdown()),
-        "files": table_value(export.table(), list(export.table()[0])),
-        "completions": table_value(completions, ["file", "prompt", "hf", "gguf", "identical"]),
-        "hf_perplexity": round(export.hf_perplexity, 4),
-        "provenance": dg.MetadataValue.json(export.provenance),
-        "toolchain": dg.MetadataValue.json(toolchain_versions()),
+        "hf_perplexity": sig(export.hf_perplexity),
+        "files": table([r | {"sha256": short_hash(str(r["sha256"]))} for r in rows], FILE_COLUMNS),
+        "fidelity": table(rows, FIDELITY_COLUMNS, chars=60),
+        "completions": table(completions, ["file", "prompt", "hf", "gguf", "identical"], chars=48),
+        "provenance": dg.MetadataValue.json(export.provenance),  # the file's KV metadata, verbatim
+        "toolchain": text(toolchain_versions()),
         "modelfile": dg.MetadataValue.md(f"```\n{export.modelfile.read_text()}\n```"),
         "gguf_path": dg.MetadataValue.path(str(target.path)),
         "verification": dg.MetadataValue.path(str(lk.gguf_dir / VERIFICATION_FILE)),
     }
     for gguf_file in export.files:
         prefix = gguf_file.file_type.lower()
-        metadata[f"{prefix}_bytes"] = dg.MetadataValue.int(gguf_file.bytes)
-        metadata[f"{prefix}_bits_per_weight"] = round(gguf_file.bits_per_weight, 3)
-        metadata[f"{prefix}_sha256"] = gguf_file.sha256
-        metadata[f"{prefix}_seconds"] = round(gguf_file.seconds, 2)
+        metadata |= numbers(
+            {
+                f"{prefix}_mb": megabytes(gguf_file.bytes),
+                f"{prefix}_bits_per_weight": gguf_file.bits_per_weight,
+                f"{prefix}_seconds": gguf_file.seconds,
+            }
+        )
+        metadata[f"{prefix}_sha256"] = short_hash(gguf_file.sha256)
+    for fidelity in export.fidelity:
+        if fidelity.loaded:
+            prefix = fidelity.file_type.lower()
+            metadata |= numbers(
+                {f"{prefix}_perplexity": fidelity.gguf_perplexity, f"{prefix}_drift_pct": 100 * fidelity.relative_drift}
+            )
     return dg.MaterializeResult(
         metadata=metadata, data_version=dg.DataVersion(target.sha256[:16]), check_results=checks
     )
