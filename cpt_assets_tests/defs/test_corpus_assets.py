@@ -174,5 +174,5 @@ def test_chunk_preview_samples_every_document_with_short_text(corpus_lake):
     rows = [record.data for record in preview.records]
     assert {row["doc_id"] for row in rows} == {f"ietf/{name}" for name in IETF_GOOD}  # every document, not 2
     assert max(sum(1 for r in rows if r["doc_id"] == doc) for doc in {r["doc_id"] for r in rows}) <= 2
-    assert all(len(row["text"]) <= 120 for row in rows)
+    assert all(len(row["text"]) <= 48 for row in rows)
     assert [column.type for column in preview.schema.columns] == ["string", "int", "int", "string"]

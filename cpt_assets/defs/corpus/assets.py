@@ -43,8 +43,8 @@ from cpt_assets.lib.types import Chunk, DroppedChunk, Page, PageFailure, RawDocu
 # Follow upstream materialisations (the scheduled raw_pdfs refresh) without a hand-made job per stage.
 FOLLOW_UPSTREAM = dg.AutomationCondition.eager()
 # The chunk preview samples across documents: a few chunks from each of the first documents, text cut short.
-PREVIEW_DOCUMENTS, PREVIEW_PER_DOCUMENT, PREVIEW_CHARS = 10, 2, 120
-MANIFEST_COLUMNS = ["name", "status", "origin", "pages", "size", "sha256", "hash_mismatch", "title", "error"]
+PREVIEW_DOCUMENTS, PREVIEW_PER_DOCUMENT, PREVIEW_CHARS = 10, 2, 48
+MANIFEST_COLUMNS = ["name", "status", "pages", "size", "sha256"]  # origin, title, errors: parquet, failures table
 
 
 def corpus_check(
@@ -141,8 +141,8 @@ def raw_pdfs(context: dg.AssetExecutionContext, lake: LakeResource, sources: Sou
             "hash_mismatches": text([r.name for r in result.hash_mismatches]),
             "mirror": str(registry.mirror) if mirror else "not used",
             "seconds": round(result.seconds, 2),
-            "manifest": table(rows, MANIFEST_COLUMNS, chars=40),
-            "failures": table([r for r in rows if r["status"] == "failed"], ["name", "error"], chars=120),
+            "manifest": table(rows, MANIFEST_COLUMNS, chars=28),
+            "failures": table([r for r in rows if r["status"] == "failed"], ["name", "error"], chars=60),
             "path": dg.MetadataValue.path(str(lk.manifest_path(source.name))),
         },
         data_version=content_version([r.sha256 or "" for r in result.rows if r.status == "ok"]),
@@ -210,11 +210,9 @@ def page_text(context: dg.AssetExecutionContext, lake: LakeResource, sources: So
             "chars": result.chars,
             "seconds": round(result.seconds, 2),
             "pages_per_second": round(result.pages_per_second, 1),
-            "documents_table": table(
-                documents, ["doc_id", "status", "pages", "chars", "ocr_pages", "seconds", "error"], chars=60
-            ),
+            "documents_table": table(documents, ["doc_id", "status", "pages", "chars", "seconds"], chars=28),
             "failures": table(
-                [{"doc_id": f.doc_id, "error": f.error} for f in result.failures], ["doc_id", "error"], chars=120
+                [{"doc_id": f.doc_id, "error": f.error} for f in result.failures], ["doc_id", "error"], chars=60
             ),
             "path": dg.MetadataValue.path(str(lk.pages_path(source.name))),
         },

@@ -86,7 +86,7 @@ def corpus_splits(
             "max_ratio_deviation": round(max(deviation.values()), 4),
             "sources": text(present),
             "sources_missing": text(missing),
-            "splits": table(per_split, ["split", "documents", "chunks", "tokens", "token_share", "target", "sources"]),
+            "splits": table(per_split, ["split", "documents", "chunks", "tokens", "token_share", "target"]),
             # full hashes: gguf_model's provenance is compared with these (and they are in the lake's split files)
             "split_hashes": dg.MetadataValue.json({name: result.split_hash(name) for name in SPLITS}),
             **{f"{name}_hash": short_hash(result.split_hash(name)) for name in SPLITS},

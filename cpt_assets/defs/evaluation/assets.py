@@ -17,7 +17,8 @@ from cpt_assets.lib.evaluation import (
 from cpt_assets.lib.lake import read_split
 
 EvalRunConfig = config_class(EvalConfig, "EvalRunConfig")
-PER_SOURCE_COLUMNS = ["source", "documents", "tokens", "base_perplexity", "adapted_perplexity", "change_pct"]
+# Metadata tables show in a value column about 380 px wide (Dagster 1.13, 1440 px window): a few short columns.
+PER_SOURCE_COLUMNS = ["source", "tokens", "base", "adapted", "change_pct"]
 
 
 def metrics_table(report) -> dg.MetadataValue:
@@ -25,16 +26,14 @@ def metrics_table(report) -> dg.MetadataValue:
     return table(
         [
             {
-                "metric": row.name,
+                "metric": f"{row.name} {'↓' if row.lower_is_better else '↑'}",
                 "base": sig(row.base),
                 "adapted": sig(row.adapted),
                 "change_pct": sig(row.change_pct, 3),
-                "better": "lower" if row.lower_is_better else "higher",
-                "improved": row.improved,
             }
             for row in metric_rows(report)
         ],
-        descriptions={"change_pct": "adapted vs base, percent of base", "better": "which direction is better"},
+        descriptions={"metric": "↓ lower is better, ↑ higher is better", "change_pct": "adapted vs base, % of base"},
     )
 
 
@@ -88,7 +87,20 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
             "device": report.device,
             "metrics": metrics_table(report),
             "model_comparison": png_markdown(files.chart_path, "base vs adapted"),
-            "per_source_perplexity": table(data["per_source"], PER_SOURCE_COLUMNS),
+            "per_source_perplexity": table(
+                [
+                    {
+                        "source": row["source"],
+                        "tokens": row["tokens"],
+                        "base": row["base_perplexity"],
+                        "adapted": row["adapted_perplexity"],
+                        "change_pct": row["change_pct"],
+                    }
+                    for row in data["per_source"]
+                ],
+                PER_SOURCE_COLUMNS,
+                descriptions={"base": "base model perplexity", "adapted": "adapted model perplexity"},
+            ),
             "seconds_by_phase": timings_table(report.timings),
             "report_json": dg.MetadataValue.path(str(files.json_path)),
             "report_md": dg.MetadataValue.path(str(files.markdown_path)),
