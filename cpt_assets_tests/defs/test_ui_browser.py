@@ -10,9 +10,11 @@ the test's tmp folder (and copied to CPT_SCREENS when set) for a person to look 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -65,10 +67,46 @@ def wait_for_location(url: str, process: subprocess.Popen, log: Path, timeout: f
     pytest.fail(f"cpt-ui did not load {LOCATION} in {timeout} s:\n{log.read_text()[-4000:]}")
 
 
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    return requests.post(f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30).json()
+
+
+def wait_for_daemon(url: str, timeout: float = 120) -> None:
+    """Until the daemon that dequeues runs reports healthy."""
+    query = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = graphql(url, query)["data"]["instance"]["daemonHealth"]["allDaemonStatuses"]
+        if any(s["daemonType"] == "QUEUED_RUN_COORDINATOR" and s["healthy"] for s in statuses):
+            return
+        time.sleep(2)
+
+
+def wait_for_run(client, run_id: str, timeout: float = 420) -> str | None:
+    from dagster_graphql import DagsterGraphQLClientError
+
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            status = client.get_run_status(run_id).value
+        except DagsterGraphQLClientError:
+            status = None
+        if status in ("SUCCESS", "FAILURE", "CANCELED"):
+            break
+        time.sleep(3)
+    return status
+
+
+def steps_started(url: str, run_id: str) -> bool:
+    query = "query($id: ID!) { runOrError(runId: $id) { ... on Run { stepStats { stepKey } } } }"
+    return bool(graphql(url, query, {"id": run_id})["data"]["runOrError"].get("stepStats"))
+
+
 @pytest.fixture(scope="module")
 def ui(corpus_lake, tiny_model_dir, tmp_path_factory):
     """`cpt-ui` on the corpus lake, with the model job launched through it and finished."""
-    from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+    from dagster_graphql import DagsterGraphQLClient
 
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} not found: `apt-get install -y chromium` (scripts/setup.sh does it)")
@@ -101,27 +139,26 @@ def ui(corpus_lake, tiny_model_dir, tmp_path_factory):
                 "eval_report": {"config": TINY_EVAL},
             }
         }
-        run_id = client.submit_job_execution(
-            "model_job", repository_location_name=LOCATION, run_config=run_config, asset_selection=MODEL_RUN_ASSETS
-        )
-        deadline = time.monotonic() + 420
-        status = None
-        while time.monotonic() < deadline:
-            try:
-                status = client.get_run_status(run_id).value
-            except DagsterGraphQLClientError:
-                status = None
-            if status in ("SUCCESS", "FAILURE", "CANCELED"):
+        wait_for_daemon(url)
+        # A second try only for a run the daemon could not start: on a busy machine its first contact with the code
+        # server can time out ("Could not reach user code server"), which fails the run before any step.
+        for attempt in (1, 2):
+            run_id = client.submit_job_execution(
+                "model_job", repository_location_name=LOCATION, run_config=run_config, asset_selection=MODEL_RUN_ASSETS
+            )
+            status = wait_for_run(client, run_id)
+            if status == "SUCCESS" or attempt == 2 or steps_started(url, run_id):
                 break
-            time.sleep(3)
         assert status == "SUCCESS", f"model_job run {run_id} ended {status}:\n{log.read_text()[-6000:]}"
         yield {"url": url, "run_id": run_id, "screens": base / "screens", "log": log}
     finally:
-        os.killpg(process.pid, 15)
+        os.killpg(process.pid, signal.SIGINT)  # dagster dev shuts its children down on Ctrl-C
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the whole session: webserver, daemon, code server
 
 
 @pytest.fixture(scope="module")
