@@ -46,3 +46,8 @@ python -m cpt_assets.lib.llama_tools --jobs "${CPT_BUILD_JOBS:-2}"
 if ! command -v tesseract >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq tesseract-ocr tesseract-ocr-eng >/dev/null) || echo "note: tesseract-ocr not installed; OCR tests will be skipped"
 fi
+# The slow-tier browser test (cpt_assets_tests/defs/test_ui_browser.py) drives Debian's Chromium through playwright
+# (pip, in the dev extra); `playwright install` is never run, so no browser is downloaded.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "note: chromium not installed; the browser test will fail"
+fi

@@ -863,6 +863,9 @@ def rich_table(report: EvalReport, width: int = 110) -> str:
     return buffer.getvalue()
 
 
+CHART_WIDTH_PX = 1000
+
+
 def draw_chart(report: EvalReport, path: Path) -> None:
     """Bar chart PNG: one small panel per headline metric (base vs adapted), per-source perplexity below."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -870,7 +873,8 @@ def draw_chart(report: EvalReport, path: Path) -> None:
 
     colors = ("#8c8c8c", "#1f77b4")
     rows = metric_rows(report)
-    figure = Figure(figsize=(2.0 * len(rows), 7.5), layout="constrained")
+    # At most CHART_WIDTH_PX wide: Dagster 1.13 shows it in a dialog about 1110 px wide inside (1440 px window).
+    figure = Figure(figsize=(min(CHART_WIDTH_PX / 100, 1.7 * len(rows)), 6.5), layout="constrained")
     FigureCanvasAgg(figure)
     grid = figure.add_gridspec(2, len(rows), height_ratios=(1, 1.1))
     for column, row in enumerate(rows):

@@ -145,7 +145,8 @@ def main() -> None:
     kept = {f.path.name for f in export.files}
     for row in rows:
         print(
-            f"{row.file_type:<8} {'yes' if row.imatrix else 'no':>7} {row.bytes / 1e6:>8.2f} {row.bits_per_weight:>7.3f} "
+            f"{row.file_type:<8} {'yes' if row.imatrix else 'no':>7} {row.bytes / 1e6:>8.2f} "
+            f"{row.bits_per_weight:>7.3f} "
             f"{row.mean_kld:>9.5f} {row.median_kld:>9.5f} {row.p99_kld:>9.5f} {row.same_top_share:>9.2%} "
             f"{row.ppl_ratio:>9.4f} {'*' if row.file in kept else '':>5}"
         )

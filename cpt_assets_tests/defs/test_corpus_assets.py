@@ -56,7 +56,7 @@ def test_url_source_downloads_from_a_real_server_and_records_the_404(corpus_lake
     result = corpus_lake.results["nist"]
     raw = materialization(result, "raw_pdfs")
     assert raw["documents_ok"] == len(NIST_GOOD)
-    assert raw["bytes_downloaded"] > 0 and raw["bytes_copied"] == 0
+    assert raw["downloaded_mb"] > 0 and raw["copied_mb"] == 0
     manifest = {row.name: row for row in corpus_lake.lake.read_manifest("nist")}
     assert manifest["gone.pdf"].status == "failed" and "404" in manifest["gone.pdf"].error
     assert materialization(result, "clean_chunks")["chunks"] == len(corpus_lake.lake.read_chunks("nist")) > 0
@@ -166,3 +166,13 @@ def test_a_bad_chunking_config_fails_naming_the_field_before_writing(corpus_lake
 def test_assets_are_partitioned_per_source():
     for asset in (raw_pdfs, page_text, clean_chunks):
         assert set(asset.partitions_def.get_partition_keys()) >= {"nist", "ietf"}
+
+
+def test_chunk_preview_samples_every_document_with_short_text(corpus_lake):
+    events = corpus_lake.results["ietf"].asset_materializations_for_node("clean_chunks")
+    preview = events[-1].metadata["preview"]
+    rows = [record.data for record in preview.records]
+    assert {row["doc_id"] for row in rows} == {f"ietf/{name}" for name in IETF_GOOD}  # every document, not 2
+    assert max(sum(1 for r in rows if r["doc_id"] == doc) for doc in {r["doc_id"] for r in rows}) <= 2
+    assert all(len(row["text"]) <= 48 for row in rows)
+    assert [column.type for column in preview.schema.columns] == ["string", "int", "int", "string"]

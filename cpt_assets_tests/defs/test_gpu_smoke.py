@@ -36,8 +36,8 @@ def test_lora_adapter_and_eval_report_run_on_cuda(corpus_lake, tiny_model_dir):
     assert result.success
     adapter = materialization(result, "lora_adapter")
     assert adapter["device"].startswith("cuda:") and adapter["gpu_name"] == torch.cuda.get_device_name()
-    assert adapter["precision"] == "bf16" and adapter["tokens_per_second"] > 0 and adapter["peak_memory_bytes"] > 0
-    assert adapter["mfu_4n"] is None or 0 < adapter["mfu_4n"] < 1
+    assert adapter["precision"] == "bf16" and adapter["tokens_per_second"] > 0 and adapter["peak_memory_mb"] > 0
+    assert "mfu_4n" not in adapter or 0 < adapter["mfu_4n"] < 1  # no datasheet peak for an unknown GPU
     assert result.dagster_run.run_id
     tags = corpus_lake_tags(result)
     assert tags["cpt/device"] == "cuda"

@@ -13,7 +13,17 @@ from pathlib import Path
 import dagster as dg
 
 from cpt_assets.defs.config import config_class, to_dataclass
-from cpt_assets.defs.metadata import counts_md, markdown_table, png_markdown, table_value
+from cpt_assets.defs.metadata import (
+    check_result,
+    counts_table,
+    format_bytes,
+    megabytes,
+    png_markdown,
+    short_hash,
+    table,
+    text,
+    timings_table,
+)
 from cpt_assets.defs.partitions import source_partitions
 from cpt_assets.defs.resources import LakeResource, SourcesResource
 from cpt_assets.lib.base_model import default_tokenizer_dir, load_tokenizer
@@ -33,21 +43,36 @@ from cpt_assets.lib.types import Chunk, DroppedChunk, Page, PageFailure, RawDocu
 
 # Follow upstream materialisations (the scheduled raw_pdfs refresh) without a hand-made job per stage.
 FOLLOW_UPSTREAM = dg.AutomationCondition.eager()
-MANIFEST_COLUMNS = ["name", "status", "origin", "pages", "bytes", "sha256", "hash_mismatch", "title", "error"]
+# The chunk preview samples across documents: a few chunks from each of the first documents, text cut short.
+PREVIEW_DOCUMENTS, PREVIEW_PER_DOCUMENT, PREVIEW_CHARS = 10, 2, 48
+MANIFEST_COLUMNS = ["name", "status", "pages", "size", "sha256"]  # origin, title, errors: parquet, failures table
 
 
-def check_result(
-    name: str, outcome: tuple[bool, str, dict], severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
+def corpus_check(
+    name: str,
+    outcome: tuple[bool, str, dict],
+    partition: str | None = None,
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
 ) -> dg.AssetCheckResult:
-    """An AssetCheckResult from a pure check function's (passed, description, details)."""
+    """An AssetCheckResult from a pure check function's (passed, description, details), naming its partition."""
     passed, description, details = outcome
-    return dg.AssetCheckResult(
-        check_name=name,
-        passed=passed,
-        severity=severity,
-        description=description,
-        metadata={"details": dg.MetadataValue.json(details)} if details else {},
-    )
+    metadata: dict = {}
+    for key, value in details.items():
+        if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+            metadata |= {f"{key}_{sub}": v for sub, v in value.items()}  # e.g. train_share, train_target: plottable
+        else:
+            metadata[key] = value if isinstance(value, (int, float)) else text(value)
+    return check_result(name, passed, description, partition=partition, metadata=metadata, severity=severity)
+
+
+def preview_chunks(chunks: list[Chunk]) -> list[Chunk]:
+    """Up to PREVIEW_PER_DOCUMENT chunks from each of up to PREVIEW_DOCUMENTS documents, in document order."""
+    taken: dict[str, list[Chunk]] = {}
+    for chunk in chunks:
+        bucket = taken.setdefault(chunk.doc_id, [])
+        if len(bucket) < PREVIEW_PER_DOCUMENT:
+            bucket.append(chunk)
+    return [chunk for bucket in list(taken.values())[:PREVIEW_DOCUMENTS] for chunk in bucket]
 
 
 def content_version(hashes: list[str]) -> dg.DataVersion:
@@ -65,7 +90,11 @@ def chunks_version(chunks: list[Chunk]) -> dg.DataVersion:
     group_name="corpus",
     kinds={"pdf", "parquet"},
     check_specs=[
-        dg.AssetCheckSpec("all_pdfs_readable", asset="raw_pdfs", description="every PDF fetched and opens"),
+        dg.AssetCheckSpec(
+            "all_pdfs_readable",
+            asset="raw_pdfs",
+            description="every PDF of this source was fetched and opens (a warning: failures stay as manifest rows)",
+        ),
         # blocking: an empty source stops its run here, red, instead of failing page_text on an empty manifest
         dg.AssetCheckSpec(
             "source_has_documents", asset="raw_pdfs", blocking=True, description="the source lists at least one PDF"
@@ -97,7 +126,8 @@ def raw_pdfs(context: dg.AssetExecutionContext, lake: LakeResource, sources: Sou
             "origin": r.origin,
             "pages": r.pages,
             "bytes": r.bytes,
-            "sha256": (r.sha256 or "")[:12],
+            "size": format_bytes(r.bytes),
+            "sha256": short_hash(r.sha256),
             "hash_mismatch": r.hash_mismatch,
             "title": r.title,
             "error": r.error,
@@ -114,23 +144,23 @@ def raw_pdfs(context: dg.AssetExecutionContext, lake: LakeResource, sources: Sou
             "new_or_changed": len(changed),
             "unchanged": result.ok - len(changed),
             "pages": sum(r.pages for r in result.rows),
-            "bytes": dg.MetadataValue.int(result.total_bytes),
-            "bytes_downloaded": result.bytes_downloaded,
-            "bytes_copied": result.bytes_copied,
-            "origins": dg.MetadataValue.json(result.origins),
-            "hash_mismatches": dg.MetadataValue.json([r.name for r in result.hash_mismatches]),
-            "mirror": str(registry.mirror) if mirror else "none",
+            "size_mb": megabytes(result.total_bytes),
+            "downloaded_mb": megabytes(result.bytes_downloaded),
+            "copied_mb": megabytes(result.bytes_copied),
+            "origins": text(result.origins),
+            "hash_mismatches": text([r.name for r in result.hash_mismatches]),
+            "mirror": str(registry.mirror) if mirror else "not used",
             "seconds": round(result.seconds, 2),
-            "manifest": table_value(rows, MANIFEST_COLUMNS),
-            "failures": dg.MetadataValue.md(
-                markdown_table([r for r in rows if r["status"] == "failed"], ["name", "error"], width=160)
-            ),
+            "manifest": table(rows, MANIFEST_COLUMNS, chars=28),
+            "failures": table([r for r in rows if r["status"] == "failed"], ["name", "error"], chars=60),
             "path": dg.MetadataValue.path(str(lk.manifest_path(source.name))),
         },
         data_version=content_version([r.sha256 or "" for r in result.rows if r.status == "ok"]),
         check_results=[
-            check_result("all_pdfs_readable", unreadable_documents(result.rows), dg.AssetCheckSeverity.WARN),
-            check_result("source_has_documents", documents_found(source, refs)),
+            corpus_check(
+                "all_pdfs_readable", unreadable_documents(result.rows), source.name, dg.AssetCheckSeverity.WARN
+            ),
+            corpus_check("source_has_documents", documents_found(source, refs), source.name),
         ],
     )
 
@@ -204,29 +234,30 @@ def page_text(context: dg.AssetExecutionContext, lake: LakeResource, sources: So
             "chars": result.chars,
             "seconds": round(result.seconds, 2),
             "pages_per_second": round(result.pages_per_second, 1),
-            "documents_table": table_value(
+            "documents_table": table(
                 documents,
-                ["doc_id", "status", "verdict", "pages", "chars", "ocr_pages", "text_coverage", "garbage", "tables",
-                 "seconds", "reason"],  # fmt: skip
+                ["doc_id", "status", "verdict", "pages", "chars", "text_coverage", "garbage", "reason"],
+                chars=28,
             ),
-            "documents_by_verdict": counts_md(result.verdicts, key="verdict"),
-            "failures": dg.MetadataValue.md(
-                markdown_table(
-                    [{"doc_id": f.doc_id, "error": f.error} for f in result.failures], ["doc_id", "error"], 160
-                )
+            "documents_by_verdict": counts_table(result.verdicts, key="verdict"),
+            "failures": table(
+                [{"doc_id": f.doc_id, "error": f.error} for f in result.failures], ["doc_id", "error"], chars=60
             ),
             "path": dg.MetadataValue.path(str(lk.pages_path(source.name))),
         },
         data_version=content_version(list({f"{p.doc_id}:{p.doc_sha256}" for p in result.pages})),
         check_results=[
-            check_result(
-                "every_pdf_extracted_or_explained", documents_accounted_for(manifest, result.pages, result.failures)
+            corpus_check(
+                "every_pdf_extracted_or_explained",
+                documents_accounted_for(manifest, result.pages, result.failures),
+                source.name,
             ),
-            check_result(
+            corpus_check(
                 "every_pdf_yields_useful_text",
                 documents_with_useful_text(
                     (d.doc_id, d.verdict, d.reason) for d in result.documents if d.doc_id in fetched
                 ),
+                source.name,
             ),
         ],
     )
@@ -243,8 +274,16 @@ class CleanChunksConfig(config_class(ChunkingConfig, "ChunkingRunConfig")):
     kinds={"nltk", "parquet", "duckdb"},
     automation_condition=FOLLOW_UPSTREAM,
     check_specs=[
-        dg.AssetCheckSpec("no_empty_chunks", asset="clean_chunks"),
-        dg.AssetCheckSpec("no_duplicate_chunks", asset="clean_chunks"),
+        dg.AssetCheckSpec(
+            "no_empty_chunks",
+            asset="clean_chunks",
+            description="no chunk of this source is empty or has zero tokens after cleaning",
+        ),
+        dg.AssetCheckSpec(
+            "no_duplicate_chunks",
+            asset="clean_chunks",
+            description="no chunk text occurs twice in this source (exact duplicates are dropped before training)",
+        ),
     ],
     description="Cleaned text (page furniture, TOCs, boilerplate, dotted leaders, hyphenation removed) cut into "
     "sentence-aware chunks of about target_tokens base-model tokens; exact duplicates dropped, near-duplicates "
@@ -290,36 +329,37 @@ def clean_chunks(
         "tokens_per_chunk_mean": round(sum(tokens) / len(tokens), 1) if tokens else 0.0,
         "tokens_per_chunk_max": max(tokens, default=0),
         "dropped": len(refresh.dropped),
-        "dropped_by_reason": counts_md(dropped_reasons),
+        "dropped_by_reason": counts_table(dropped_reasons),
         "near_duplicates": sum(1 for c in refresh.chunks if c.near_duplicate_of),
         "splitter_trained": refresh.splitter_trained,
         "seconds": round(time.perf_counter() - started, 2),
         "token_histogram": png_markdown(histogram, f"{source}: tokens per chunk"),
-        "preview": table_value(
+        "preview": table(
             [
-                {"doc_id": c.doc_id, "chunk": c.chunk_index, "tokens": c.n_tokens, "text": c.text[:300]}
-                for c in refresh.chunks[:20]
+                {"doc_id": c.doc_id, "chunk": c.chunk_index, "tokens": c.n_tokens, "text": c.text}
+                for c in preview_chunks(refresh.chunks)
             ],
             ["doc_id", "chunk", "tokens", "text"],
+            chars=PREVIEW_CHARS,
         ),
         "path": dg.MetadataValue.path(str(lk.chunks_path(source))),
     }
     if result is not None:
         metadata |= {
-            "seconds_by_phase": dg.MetadataValue.json(result.timings),
+            "seconds_by_phase": timings_table(result.timings),
             "mb_per_second": round(result.chars_in / 1e6 / result.seconds, 3) if result.seconds else 0.0,
             "workers": result.workers,
             "mb_per_second_per_core": round(result.mb_per_s_per_core, 3),
-            "pages_dropped_by_reason": counts_md(result.dropped_pages),
-            "lines_removed_by_reason": counts_md(result.removed_lines),
-            "edits": counts_md(result.edits, key="edit"),
+            "pages_dropped_by_reason": counts_table(result.dropped_pages),
+            "lines_removed_by_reason": counts_table(result.removed_lines),
+            "edits": counts_table(result.edits, key="edit"),
             "token_counts_verified": result.token_counts_verified,
         }
     return dg.MaterializeResult(
         metadata=metadata,
         data_version=chunks_version(refresh.chunks),
         check_results=[
-            check_result("no_empty_chunks", empty_chunks(refresh.chunks)),
-            check_result("no_duplicate_chunks", duplicate_chunks(refresh.chunks)),
+            corpus_check("no_empty_chunks", empty_chunks(refresh.chunks), source),
+            corpus_check("no_duplicate_chunks", duplicate_chunks(refresh.chunks), source),
         ],
     )

@@ -6,8 +6,8 @@ import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from cpt_assets.defs.config import config_class, to_dataclass
-from cpt_assets.defs.corpus.assets import FOLLOW_UPSTREAM, check_result, chunks_version, clean_chunks
-from cpt_assets.defs.metadata import markdown_table
+from cpt_assets.defs.corpus.assets import FOLLOW_UPSTREAM, chunks_version, clean_chunks, corpus_check
+from cpt_assets.defs.metadata import short_hash, table, text
 from cpt_assets.defs.resources import LakeResource, SourcesResource
 from cpt_assets.lib.lake import Lake, read_records, write_splits
 from cpt_assets.lib.splits import (
@@ -69,8 +69,17 @@ def chunk_snapshot(instance: dg.DagsterInstance, lk: Lake, registered: list[str]
     kinds={"parquet", "duckdb", "huggingface"},
     automation_condition=FOLLOW_UPSTREAM,
     check_specs=[
-        dg.AssetCheckSpec("no_document_in_two_splits", asset="corpus_splits"),
-        dg.AssetCheckSpec("split_ratios_within_tolerance", asset="corpus_splits"),
+        dg.AssetCheckSpec(
+            "no_document_in_two_splits",
+            asset="corpus_splits",
+            description="no document has chunks in more than one split (no train/test leakage)",
+        ),
+        dg.AssetCheckSpec(
+            "split_ratios_within_tolerance",
+            asset="corpus_splits",
+            description="each split's share of tokens is within the configured tolerance of its target ratio "
+            "(passes with a note when there are too few documents to split finer)",
+        ),
         dg.AssetCheckSpec(
             "every_source_included", asset="corpus_splits", description="every registered source is in the splits"
         ),
@@ -110,7 +119,7 @@ def corpus_splits(
                 "documents": len({c.doc_id for c in rows}),
                 "chunks": len(rows),
                 "tokens": sum(c.n_tokens for c in rows),
-                "token_share": f"{result.token_share[name]:.3f}",
+                "token_share": round(result.token_share[name], 3),
                 "target": getattr(split_config, name),
                 "sources": ", ".join(sorted({c.source for c in rows})),
             }
@@ -125,29 +134,27 @@ def corpus_splits(
             "tokens": sum(c.n_tokens for r in result.rows.values() for c in r),
             "cross_split_duplicates_dropped": result.cross_split_duplicates,
             "max_ratio_deviation": round(max(deviation.values()), 4),
-            "sources": dg.MetadataValue.json(sorted(snapshot.versions)),
-            "sources_missing": dg.MetadataValue.json(snapshot.missing),
-            "chunk_versions_used": dg.MetadataValue.json(snapshot.versions),
-            "orphan_temp_files_removed": len(removed),
-            "splits": dg.MetadataValue.md(
-                markdown_table(
-                    per_split, ["split", "documents", "chunks", "tokens", "token_share", "target", "sources"]
-                )
+            "sources": text(sorted(snapshot.versions)),
+            "sources_missing": text([f"{name}: {why}" for name, why in snapshot.missing.items()]),
+            "chunk_versions_used": table(
+                [{"source": name, "data_version": version} for name, version in sorted(snapshot.versions.items())]
             ),
+            "orphan_temp_files_removed": len(removed),
+            "splits": table(per_split, ["split", "documents", "chunks", "tokens", "token_share", "target"]),
+            # full hashes: gguf_model's provenance is compared with these (and they are in the lake's split files)
             "split_hashes": dg.MetadataValue.json({name: result.split_hash(name) for name in SPLITS}),
-            "assignments": dg.MetadataValue.md(
-                markdown_table(
-                    [{"doc_id": a.doc_id, "split": a.split, "tokens": a.doc_tokens} for a in result.assignments],
-                    ["doc_id", "split", "tokens"],
-                )
+            **{f"{name}_hash": short_hash(result.split_hash(name)) for name in SPLITS},
+            "assignments": table(
+                [{"doc_id": a.doc_id, "split": a.split, "tokens": a.doc_tokens} for a in result.assignments],
+                ["doc_id", "split", "tokens"],
             ),
             "dataset_dict": dg.MetadataValue.path(str(lk.hf_dataset_dir)),
             "catalog": dg.MetadataValue.path(str(lk.catalog_path)),
         },
         data_version=dg.DataVersion("-".join(result.split_hash(name)[:8] for name in SPLITS)),
         check_results=[
-            check_result("no_document_in_two_splits", leakage_check(result.rows)),
-            check_result(
+            corpus_check("no_document_in_two_splits", leakage_check(result.rows)),
+            corpus_check(
                 "split_ratios_within_tolerance",
                 ratio_check(result.token_share, split_config, len(result.assignments)),
             ),

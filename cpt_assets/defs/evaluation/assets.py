@@ -1,25 +1,40 @@
 """The eval_report asset: base vs adapted model on the test split, with a red light when training made it worse."""
 
-import math
-
 import dagster as dg
 
 from cpt_assets.defs.config import config_class, to_dataclass
-from cpt_assets.defs.metadata import png_markdown, table_value
+from cpt_assets.defs.metadata import check_result, numbers, png_markdown, sig, table, timings_table
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
-from cpt_assets.lib.evaluation import EvalConfig, evaluate_models, perplexity_improved, rich_table, write_report
+from cpt_assets.lib.evaluation import (
+    EvalConfig,
+    evaluate_models,
+    metric_rows,
+    perplexity_improved,
+    rich_table,
+    write_report,
+)
 from cpt_assets.lib.lake import read_split
 
-
-def finite(value: float, digits: int) -> float | None:
-    """Rounded, or None (shown as null) for a figure not computed, e.g. BLEU with max_samples=0."""
-    return round(value, digits) if math.isfinite(value) else None
-
-
 EvalRunConfig = config_class(EvalConfig, "EvalRunConfig")
-PER_SOURCE_COLUMNS = ["source", "documents", "blocks", "tokens", "base_perplexity", "adapted_perplexity", "change_pct"]
-WEIGHT_COLUMNS = ["module_type", "adapted", "parameters", "changed", "share_changed", "relative_frobenius"]
+# Metadata tables show in a value column about 380 px wide (Dagster 1.13, 1440 px window): a few short columns.
+PER_SOURCE_COLUMNS = ["source", "tokens", "base", "adapted", "change_pct"]
+
+
+def metrics_table(report) -> dg.MetadataValue:
+    """The headline comparison, one row per metric (the eval table a user reads first)."""
+    return table(
+        [
+            {
+                "metric": f"{row.name} {'↓' if row.lower_is_better else '↑'}",
+                "base": sig(row.base),
+                "adapted": sig(row.adapted),
+                "change_pct": sig(row.change_pct, 3),
+            }
+            for row in metric_rows(report)
+        ],
+        descriptions={"metric": "↓ lower is better, ↑ higher is better", "change_pct": "adapted vs base, % of base"},
+    )
 
 
 @dg.asset(
@@ -52,29 +67,54 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
     passed, description = perplexity_improved(report)
     return dg.MaterializeResult(
         metadata={
-            "base_perplexity": finite(report.base.perplexity, 4),
-            "adapted_perplexity": finite(report.adapted.perplexity, 4),
-            "base_loss": finite(report.base.loss, 4),
-            "adapted_loss": finite(report.adapted.loss, 4),
-            "base_bleu": finite(report.base.bleu, 3),
-            "adapted_bleu": finite(report.adapted.bleu, 3),
-            "base_embedding_similarity": finite(report.base.embedding_similarity, 4),
-            "adapted_embedding_similarity": finite(report.adapted.embedding_similarity, 4),
-            "share_of_parameters_changed": round(report.share_changed, 5),
-            "test_documents": report.test_documents,
-            "test_chunks": report.test_rows,
-            "eval_blocks": report.eval_blocks,
-            "eval_tokens": report.eval_tokens,
-            "samples": len(report.samples),
+            **numbers(
+                {
+                    "base_perplexity": report.base.perplexity,
+                    "adapted_perplexity": report.adapted.perplexity,
+                    "base_loss": report.base.loss,
+                    "adapted_loss": report.adapted.loss,
+                    "base_bleu": report.base.bleu,
+                    "adapted_bleu": report.adapted.bleu,
+                    "base_embedding_similarity": report.base.embedding_similarity,
+                    "adapted_embedding_similarity": report.adapted.embedding_similarity,
+                    "share_of_parameters_changed": report.share_changed,
+                    "test_documents": report.test_documents,
+                    "test_chunks": report.test_rows,
+                    "eval_blocks": report.eval_blocks,
+                    "eval_tokens": report.eval_tokens,
+                    "samples": len(report.samples),
+                    "seconds": report.timings.get("total"),
+                }
+            ),
             "device": report.device,
-            "seconds": dg.MetadataValue.json(report.timings),
-            "comparison": dg.MetadataValue.md(files.markdown),
+            "metrics": metrics_table(report),
             "model_comparison": png_markdown(files.chart_path, "base vs adapted"),
-            "per_source_perplexity": table_value(data["per_source"], PER_SOURCE_COLUMNS),
-            "weight_change": table_value(data["weight_changes"], WEIGHT_COLUMNS),
+            "per_source_perplexity": table(
+                [
+                    {
+                        "source": row["source"],
+                        "tokens": row["tokens"],
+                        "base": row["base_perplexity"],
+                        "adapted": row["adapted_perplexity"],
+                        "change_pct": row["change_pct"],
+                    }
+                    for row in data["per_source"]
+                ],
+                PER_SOURCE_COLUMNS,
+                descriptions={"base": "base model perplexity", "adapted": "adapted model perplexity"},
+            ),
+            "seconds_by_phase": timings_table(report.timings),
             "report_json": dg.MetadataValue.path(str(files.json_path)),
+            "report_md": dg.MetadataValue.path(str(files.markdown_path)),
         },
         check_results=[
-            dg.AssetCheckResult(check_name="adapted_perplexity_below_base", passed=passed, description=description)
+            check_result(
+                "adapted_perplexity_below_base",
+                passed,
+                description,
+                metadata=numbers(
+                    {"base_perplexity": report.base.perplexity, "adapted_perplexity": report.adapted.perplexity}
+                ),
+            )
         ],
     )

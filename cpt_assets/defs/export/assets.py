@@ -11,7 +11,7 @@ import dagster as dg
 
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.splits import corpus_splits
-from cpt_assets.defs.metadata import table_value
+from cpt_assets.defs.metadata import check_result, megabytes, numbers, short_hash, sig, table, text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
 from cpt_assets.defs.training.base import base_model
@@ -31,19 +31,32 @@ from cpt_assets.lib.splits import split_content_hash
 from cpt_assets.lib.training import TRAINING_INFO_FILE
 
 GGUFRunConfig = config_class(GGUFExportConfig, "GGUFRunConfig")
-GGUF_CHECKS = (
-    "gguf_loads_in_llama_cpp",
-    "gguf_tokenization_matches_hf",
-    "gguf_perplexity_within_bound",
-    "gguf_kld_within_bound",
-)
+GGUF_CHECKS = {
+    "gguf_loads_in_llama_cpp": "every GGUF file (F16 and each quantization) loads in llama.cpp",
+    "gguf_tokenization_matches_hf": "llama.cpp tokenizes the test texts into exactly the token ids the HF tokenizer "
+    "gives (a wrong pre-tokenizer loads but babbles)",
+    "gguf_perplexity_within_bound": "each GGUF's perplexity on test blocks is within its file type's bound of the "
+    "merged HF model's (see the tolerance knobs)",
+    "gguf_kld_within_bound": "the chosen quantization's mean and p99 KL divergence from the F16 logits on the test "
+    "split (llama-perplexity --kl-divergence) are within max_mean_kld and max_p99_kld",
+}
+# Metadata tables show in a value column about 380 px wide (Dagster 1.13, 1440 px window): a few short columns.
+FILE_COLUMNS = ["type", "mb", "bits_per_weight", "sha256"]
+FIDELITY_COLUMNS = ["type", "tokenization", "gguf_ppl", "drift_pct", "same_completions"]
 
 
 @dg.asset(
     deps=[lora_adapter, base_model],
     group_name="export",
     kinds={"peft", "safetensors"},
-    check_specs=[dg.AssetCheckSpec("merge_changed_weights", asset="merged_model")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "merge_changed_weights",
+            asset="merged_model",
+            description="merging the adapter changed at least one base tensor (an adapter that changes nothing is "
+            "a training or merge fault)",
+        )
+    ],
     description="The LoRA adapter merged into the base model (peft merge_and_unload), saved as safetensors + "
     "tokenizer under data_lake/models/merged. An adapter trained on another base fails before anything is written.",
 )
@@ -53,36 +66,32 @@ def merged_model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
     context.log.info(f"merged {result.lora_modules} LoRA modules; {result.changed_tensors} tensors changed")
     return dg.MaterializeResult(
         metadata={
-            "lora_modules": result.lora_modules,
-            "changed_tensors": result.changed_tensors,
-            "max_abs_delta": float(result.max_abs_delta),
-            "parameters": result.parameters,
-            "changed_parameters_share": round(result.changed_share, 5),
-            "weight_change_by_module": table_value(
-                result.change_table(),
-                [
-                    "module",
-                    "tensors",
-                    "changed_tensors",
-                    "parameters",
-                    "changed_pct",
-                    "max_abs_delta",
-                    "relative_change",
-                ],
+            **numbers(
+                {
+                    "lora_modules": result.lora_modules,
+                    "changed_tensors": result.changed_tensors,
+                    "max_abs_delta": float(result.max_abs_delta),
+                    "parameters": result.parameters,
+                    "changed_parameters_share": result.changed_share,
+                    "weights_mb": megabytes(result.weights_bytes),
+                    "seconds": result.seconds,
+                }
             ),
-            "weights_bytes": dg.MetadataValue.int(result.weights_bytes),
-            "weights_sha256": result.weights_sha256,
-            "adapter_config_sha256": result.adapter_config_sha256,
-            "seconds": round(result.seconds, 1),
+            "weight_change_by_module": table(
+                result.change_table(),
+                ["module", "changed_tensors", "changed_pct", "relative_change"],
+            ),
+            "weights_sha256": short_hash(result.weights_sha256),
+            "adapter_config_sha256": short_hash(result.adapter_config_sha256),
             "path": dg.MetadataValue.path(str(result.path)),
         },
         data_version=dg.DataVersion(result.weights_sha256[:16]),
         check_results=[
-            dg.AssetCheckResult(
-                check_name="merge_changed_weights",
-                passed=result.changed_tensors > 0,
-                description=f"{result.changed_tensors} base tensors changed by the merge (max |delta| "
-                f"{result.max_abs_delta:.3g})",
+            check_result(
+                "merge_changed_weights",
+                result.changed_tensors > 0,
+                f"{result.changed_tensors} base tensors changed by the merge (max |delta| {result.max_abs_delta:.3g})",
+                metadata={"changed_tensors": result.changed_tensors, "max_abs_delta": float(result.max_abs_delta)},
             )
         ],
     )
@@ -105,10 +114,10 @@ def export_provenance(lake: Lake, run_id: str) -> Provenance:
 
 
 @dg.asset(
-    deps=[merged_model, corpus_splits],
+    deps=[merged_model, corpus_splits, base_model, lora_adapter],  # provenance reads the base and adapter files
     group_name="export",
     kinds={"gguf", "llama.cpp", "ollama"},
-    check_specs=[dg.AssetCheckSpec(name, asset="gguf_model") for name in GGUF_CHECKS],
+    check_specs=[dg.AssetCheckSpec(name, asset="gguf_model", description=about) for name, about in GGUF_CHECKS.items()],
     description="F16 GGUF made by llama.cpp's own convert_hf_to_gguf.py (from the llama-cpp-python sdist), with our "
     "provenance added as KV metadata; candidate types quantized by llama-quantize with and without a domain importance "
     "matrix (llama-imatrix on the train split) and measured against F16 by llama-perplexity --kl-divergence on the "
@@ -124,6 +133,16 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
     export = export_gguf(lk.merged_model_dir, lk.gguf_dir, provenance, texts, export_config, train_texts=train)
     chosen_rows = [row for row in export.quant_fidelity if row.file == export.file(export.chosen_type).path.name]
 
+    check_figures = {
+        "gguf_loads_in_llama_cpp": {"files_loaded": sum(f.loaded for f in export.fidelity)},
+        "gguf_tokenization_matches_hf": {"tokens_compared": sum(f.tokens_compared for f in export.fidelity)},
+        "gguf_perplexity_within_bound": {
+            f"{f.file_type.lower()}_drift_pct": 100 * f.relative_drift for f in export.fidelity if f.loaded
+        },
+        "gguf_kld_within_bound": {
+            key: getattr(row, key) for row in chosen_rows for key in ("mean_kld", "p99_kld", "same_top_share")
+        },
+    }
     checks = []
     for name, outcomes in (
         ("gguf_loads_in_llama_cpp", [gguf_loads(f) for f in export.fidelity]),
@@ -139,29 +158,31 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
         ),
     ):
         checks.append(
-            dg.AssetCheckResult(
-                check_name=name,
-                passed=all(passed for passed, _ in outcomes),
-                description="; ".join(text for _, text in outcomes),
+            check_result(
+                name,
+                all(passed for passed, _ in outcomes),
+                "; ".join(text for _, text in outcomes),
+                metadata=check_figures[name],
             )
         )
     completions = [
-        {"file": f.file_type, "prompt": c.prompt[:80], "hf": c.hf[:200], "gguf": c.gguf[:200], "identical": c.identical}
+        {"type": f.file_type, "prompt": c.prompt, "hf": c.hf, "gguf": c.gguf, "identical": c.identical}
         for f in export.fidelity
         for c in f.completions
     ]
     target = export.file(export.chosen_type)
+    rows = export.table()  # files and fidelity in one wide row per file: shown as two narrower tables
     metadata = {
-        "fidelity": dg.MetadataValue.md(export.markdown()),
+        "hf_perplexity": sig(export.hf_perplexity),
         "chosen_type": export.chosen_type,
         "choice_reason": export.choice_reason,
         "kld_table": dg.MetadataValue.md(kld_markdown(export.quant_fidelity)),
         "size_vs_kld": dg.MetadataValue.md(png_markdown(export.plot.read_bytes()) if export.plot else "_no plot_"),
-        "files": table_value(export.table(), list(export.table()[0])),
-        "completions": table_value(completions, ["file", "prompt", "hf", "gguf", "identical"]),
-        "hf_perplexity": round(export.hf_perplexity, 4),
-        "provenance": dg.MetadataValue.json(export.provenance),
-        "toolchain": dg.MetadataValue.json(toolchain_versions()),
+        "files": table([r | {"sha256": short_hash(str(r["sha256"]))} for r in rows], FILE_COLUMNS),
+        "fidelity": table(rows, FIDELITY_COLUMNS, chars=16),
+        "completions": table(completions, ["type", "prompt", "hf", "gguf"], chars=24),
+        "provenance": dg.MetadataValue.json(export.provenance),  # the file's KV metadata, verbatim
+        "toolchain": text(toolchain_versions()),
         "modelfile": dg.MetadataValue.md(f"```\n{export.modelfile.read_text()}\n```"),
         "gguf_path": dg.MetadataValue.path(str(target.path)),
         "verification": dg.MetadataValue.path(str(lk.gguf_dir / VERIFICATION_FILE)),
@@ -172,10 +193,20 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
         metadata |= {"imatrix_sha256": export.imatrix.sha256, "imatrix_chunks": export.imatrix.chunks}
     for gguf_file in export.files:
         prefix = gguf_file.file_type.lower()
-        metadata[f"{prefix}_bytes"] = dg.MetadataValue.int(gguf_file.bytes)
-        metadata[f"{prefix}_bits_per_weight"] = round(gguf_file.bits_per_weight, 3)
-        metadata[f"{prefix}_sha256"] = gguf_file.sha256
-        metadata[f"{prefix}_seconds"] = round(gguf_file.seconds, 2)
+        metadata |= numbers(
+            {
+                f"{prefix}_mb": megabytes(gguf_file.bytes),
+                f"{prefix}_bits_per_weight": gguf_file.bits_per_weight,
+                f"{prefix}_seconds": gguf_file.seconds,
+            }
+        )
+        metadata[f"{prefix}_sha256"] = short_hash(gguf_file.sha256)
+    for fidelity in export.fidelity:
+        if fidelity.loaded:
+            prefix = fidelity.file_type.lower()
+            metadata |= numbers(
+                {f"{prefix}_perplexity": fidelity.gguf_perplexity, f"{prefix}_drift_pct": 100 * fidelity.relative_drift}
+            )
     return dg.MaterializeResult(
         metadata=metadata, data_version=dg.DataVersion(target.sha256[:16]), check_results=checks
     )

@@ -12,7 +12,7 @@ import dagster as dg
 
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.splits import corpus_splits
-from cpt_assets.defs.metadata import markdown_table, png_markdown
+from cpt_assets.defs.metadata import check_result, megabytes, numbers, png_markdown, short_hash, sig, table, text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.base import base_model
 from cpt_assets.lib.lake import Lake, read_split
@@ -35,6 +35,7 @@ def split_texts(lake: Lake, split: str) -> dict[str, list[str]]:
     group_name="model",
     kinds={"pytorch", "peft"},
     pool="gpu",
+    tags={"pool": "gpu"},  # the pool, visible on the asset page (pool= alone shows only in compute details)
     # The device is decided when the step runs (the webserver and the worker may be different machines); the run
     # gets a `cpt/device` tag then. This static tag only says that the step wants an accelerator.
     op_tags={"cpt/accelerator": "gpu"},
@@ -83,51 +84,54 @@ def lora_adapter(
     return dg.MaterializeResult(
         metadata={
             "device": result.device,
-            "gpu_name": result.gpu_name or "-",
-            "processes": result.world_size,
-            "per_device_batch_size": result.per_device_batch_size,
-            "gradient_accumulation_steps": result.gradient_accumulation_steps,
-            "learning_rate": result.learning_rate,
-            "oom_retries": ", ".join(result.oom_retries) or "-",
-            "mfu_4n": round(utilisation, 4) if utilisation is not None else None,
-            "mfu_flop_count": "4N per token (LoRA over a frozen base), bf16 datasheet peak",
+            "gpu_name": text(result.gpu_name),
+            "oom_retries": text(list(result.oom_retries)),
+            "mfu_flop_count": "4N per token (LoRA over a frozen base) against the bf16 datasheet peak",
             "method": result.method,
-            "fallback_reason": result.fallback_reason or "none",
+            "fallback_reason": text(result.fallback_reason),
             "precision": result.precision,
-            "speedups": dg.MetadataValue.json(list(result.speedups)),
-            "steps": result.steps,
-            "steps_this_run": result.steps_this_run,
-            "tokens_seen": result.tokens_seen,
-            "tokens_per_second": round(result.tokens_per_second, 1),
-            "validation_loss_base": round(base_loss, 4) if base_loss is not None else None,
-            "validation_loss_final": round(final_loss, 4) if final_loss is not None else None,
-            "validation_loss_lowered": lowered,
-            "trainable_parameters": result.trainable_parameters,
-            "trainable_share": round(result.trainable_share, 5),
-            "total_parameters": result.total_parameters,
-            "peak_memory_bytes": dg.MetadataValue.int(result.peak_memory_bytes),
-            "wall_seconds": round(result.wall_seconds, 1),
-            "adapter_bytes": dg.MetadataValue.int(result.adapter_bytes),
-            "resumed_from_checkpoint": result.resumed_from_checkpoint or "none",
-            "resume_reason": result.resume_reason,
-            "train_blocks": result.train_blocks,
-            "validation_blocks": result.validation_blocks,
-            "block_size": result.block_size,
-            "config_hash": result.config_hash,
-            "data_fingerprint": result.data_fingerprint,
-            "loss_chart": png_markdown(chart, "train and validation loss"),
-            "losses": dg.MetadataValue.md(
-                markdown_table(loss_table(result), ["step", "train_loss", "validation_loss"])
+            "speedups": text(list(result.speedups)),
+            **numbers(
+                {
+                    "steps": result.steps,
+                    "processes": result.world_size,
+                    "per_device_batch_size": result.per_device_batch_size,
+                    "gradient_accumulation_steps": result.gradient_accumulation_steps,
+                    "learning_rate": result.learning_rate,
+                    "mfu_4n": utilisation,
+                    "steps_this_run": result.steps_this_run,
+                    "tokens_seen": result.tokens_seen,
+                    "tokens_per_second": result.tokens_per_second,
+                    "validation_loss_base": base_loss,
+                    "validation_loss_final": final_loss,
+                    "trainable_parameters": result.trainable_parameters,
+                    "trainable_share": result.trainable_share,
+                    "total_parameters": result.total_parameters,
+                    "peak_memory_mb": megabytes(result.peak_memory_bytes),
+                    "wall_seconds": result.wall_seconds,
+                    "adapter_mb": megabytes(result.adapter_bytes),
+                    "train_blocks": result.train_blocks,
+                    "validation_blocks": result.validation_blocks,
+                    "block_size": result.block_size,
+                }
             ),
+            "validation_loss_lowered": lowered,
+            "resumed_from_checkpoint": text(result.resumed_from_checkpoint, missing="no (fresh start)"),
+            "resume_reason": text(result.resume_reason),
+            "config_hash": result.config_hash,
+            "data_fingerprint": short_hash(result.data_fingerprint),
+            "loss_chart": png_markdown(chart, "train and validation loss"),
+            "losses": table(loss_table(result), ["step", "train_loss", "validation_loss"]),
             "adapter_path": dg.MetadataValue.path(str(result.adapter_dir)),
         },
         data_version=dg.DataVersion(f"{result.config_hash}-{result.data_fingerprint[:8]}"),
         check_results=[
-            dg.AssetCheckResult(
-                check_name="validation_loss_below_base",
-                passed=lowered,
+            check_result(
+                "validation_loss_below_base",
+                lowered,
+                f"validation loss {sig(base_loss)} (base) -> {sig(final_loss)} (adapted) after {result.steps} steps",
+                metadata={"validation_loss_base": base_loss, "validation_loss_final": final_loss},
                 severity=dg.AssetCheckSeverity.WARN,
-                description=f"validation loss {base_loss} (base) -> {final_loss} (adapted) after {result.steps} steps",
             )
         ],
     )

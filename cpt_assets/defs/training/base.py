@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from cpt_assets.defs.metadata import megabytes, short_hash
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.lib.base_model import DEFAULT_BASE_MODEL, export_base_model
 
@@ -29,8 +30,8 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, lake:
             "hidden_size": info.hidden_size,
             "layers": info.layers,
             "context_length": info.context_length,
-            "weights_sha256": info.weights_sha256,
-            "weights_bytes": dg.MetadataValue.int(info.weights_bytes),
+            "weights_sha256": short_hash(info.weights_sha256),
+            "weights_mb": megabytes(info.weights_bytes),
             "load_seconds": round(info.load_seconds, 1),
             "reused": info.reused,
             "path": dg.MetadataValue.path(str(info.path)),
