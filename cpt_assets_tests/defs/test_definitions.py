@@ -35,7 +35,7 @@ def test_definitions_load_with_the_whole_graph_in_order():
         "lora_adapter": {"corpus_splits", "base_model"},
         "eval_report": {"lora_adapter"},
         "merged_model": {"lora_adapter", "base_model"},
-        "gguf_model": {"merged_model", "corpus_splits"},
+        "gguf_model": {"merged_model", "corpus_splits", "base_model", "lora_adapter"},  # provenance reads both
     }
     for asset, parents in upstream.items():
         assert {p.to_user_string() for p in graph.get(dg.AssetKey(asset)).parent_keys} == parents
