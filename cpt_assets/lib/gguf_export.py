@@ -46,6 +46,7 @@ from cpt_assets.lib.gguf_verify import (
     verify_gguf,
 )
 from cpt_assets.lib.lake import atomic_path, sha256_file
+from cpt_assets.lib.types import ScoredBlocks
 
 log = logging.getLogger(__name__)
 
@@ -707,6 +708,7 @@ def export_gguf(
     texts: Sequence[str],
     config: GGUFExportConfig | None = None,
     stem: str = "model",
+    scored: ScoredBlocks | None = None,
 ) -> GGUFExport:
     """F16 GGUF, its quantizations, verification against the HF model, and an Ollama Modelfile, in `out_dir`.
 
@@ -722,6 +724,8 @@ def export_gguf(
         texts: held-out texts (test split) for tokenization and perplexity comparison.
         config: export settings; GGUFExportConfig() if None.
         stem: file name stem.
+        scored: the evaluation's scored test blocks (lake.read_scored_blocks); llama.cpp then scores those very
+            blocks and the HF perplexity is the eval report's (block_size/max_blocks do not apply).
     """
     config = config or GGUFExportConfig()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -733,7 +737,7 @@ def export_gguf(
         raise ValueError("export_gguf needs at least one non-empty verification text")
 
     reference = hf_reference(
-        model_dir, texts, config.prompts, config.block_size, config.max_blocks, config.max_new_tokens
+        model_dir, texts, config.prompts, config.block_size, config.max_blocks, config.max_new_tokens, scored=scored
     )
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import types
@@ -27,7 +28,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cpt_assets.lib.types import Chunk, DroppedChunk, Page, PageFailure, RawDocument, to_rows
+from cpt_assets.lib.types import Chunk, DroppedChunk, Page, PageFailure, RawDocument, ScoredBlocks, to_rows
 
 # Views the query layer exposes: name -> (stage folder, file name).
 PARTITIONED_TABLES: dict[str, tuple[str, str]] = {
@@ -38,6 +39,12 @@ PARTITIONED_TABLES: dict[str, tuple[str, str]] = {
     "dropped_chunks": ("chunks", "dropped.parquet"),
 }
 SPLIT_NAMES = ("train", "validation", "test")
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # peft's name for the adapter weights inside the adapter folder
+# File names inside the eval folder (written by evaluation.write_report).
+EVAL_REPORT_JSON = "report.json"
+EVAL_REPORT_MD = "report.md"
+EVAL_CHART = "model_comparison.png"
+EVAL_SCORES = "scores.json"  # the adapted model's ScoredBlocks: GGUF verification scores these very blocks
 
 _ARROW_TYPES: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64(), bool: pa.bool_(), float: pa.float64()}
 
@@ -228,6 +235,11 @@ class Lake:
         return self.root / "eval"
 
     @property
+    def eval_scores_path(self) -> Path:
+        """The adapted model's scored test blocks, written by eval_report, read by gguf_model."""
+        return self.eval_dir / EVAL_SCORES
+
+    @property
     def gguf_dir(self) -> Path:
         return self.root / "gguf"
 
@@ -286,3 +298,36 @@ def write_splits(lake: Lake, rows: dict[str, list[Chunk]], assignments: list[Any
 
 def read_split(lake: Lake, split: str) -> list[Chunk]:
     return read_records(lake.split_path(split), Chunk)
+
+
+def write_scored_blocks(scored: ScoredBlocks, path: Path) -> Path:
+    """ScoredBlocks as JSON, atomically."""
+    data = {field.name: getattr(scored, field.name) for field in fields(ScoredBlocks)}
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(json.dumps(data, allow_nan=False), encoding="utf-8")
+    return Path(path)
+
+
+def read_scored_blocks(path: Path) -> ScoredBlocks | None:
+    """The ScoredBlocks written by `write_scored_blocks`, or None when the file does not exist.
+
+    Raises:
+        ValueError: the file is not a ScoredBlocks JSON (names the file).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return ScoredBlocks(
+            model=str(data["model"]),
+            dtype=str(data["dtype"]),
+            block_size=int(data["block_size"]),
+            separator_id=int(data["separator_id"]),
+            sources=tuple(data["sources"]),
+            blocks=tuple(tuple(int(t) for t in block) for block in data["blocks"]),
+            token_nll=tuple(tuple(float(v) for v in nll) for nll in data["token_nll"]),
+            adapter_sha256=str(data.get("adapter_sha256", "")),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a scored-blocks file: {error}") from error

@@ -67,7 +67,8 @@ def test_eval_report_compares_base_and_adapted_with_a_check(model_run, corpus_la
     report = materialization(model_run, "eval_report")
     assert report["base_perplexity"] > 1 and report["adapted_perplexity"] > 1
     assert report["test_documents"] >= 1 and report["samples"] == 2
-    assert 0 < report["share_of_parameters_changed"] < 1
+    assert "share_of_parameters_changed" not in report  # weight change is shown once, on merged_model
+    assert 0 < materialization(model_run, "merged_model")["changed_parameters_share"] < 1
     assert "data:image/png;base64," in report["model_comparison"]
     written = json.loads((corpus_lake.lake.eval_dir / "report.json").read_text())
     assert written["base"]["perplexity"] == pytest.approx(report["base_perplexity"], rel=1e-3)
@@ -84,6 +85,11 @@ def test_gguf_loads_in_llama_cpp_and_carries_its_provenance(model_run, corpus_la
     assert checks["gguf_tokenization_matches_hf"].passed
     assert checks["gguf_perplexity_within_bound"].passed, checks["gguf_perplexity_within_bound"].description
     gguf = materialization(model_run, "gguf_model")
+    # One HF test perplexity: gguf_model scores eval_report's blocks and shows the eval report's adapted figure.
+    assert gguf["hf_perplexity_from"] == "eval_report (same blocks)"
+    assert gguf["hf_perplexity"] == pytest.approx(
+        materialization(model_run, "eval_report")["adapted_perplexity"], rel=1e-3
+    )
     target = corpus_lake.lake.gguf_dir / "model-Q8_0.gguf"
     assert gguf["gguf_path"] == str(target) and target.exists()
     provenance = read_provenance(target)

@@ -34,6 +34,7 @@ from cpt_assets.lib.gguf_export import (
     write_modelfile,
 )
 from cpt_assets.lib.gguf_verify import (
+    MIN_BLOCK_TOKENS,
     Completion,
     Fidelity,
     fidelity_markdown,
@@ -41,12 +42,12 @@ from cpt_assets.lib.gguf_verify import (
     gguf_loads,
     gguf_metadata,
     hf_reference,
-    make_blocks,
     perplexity_within,
     tokenization_matches,
     verify_gguf,
 )
 from cpt_assets.lib.lake import sha256_file
+from cpt_assets.lib.scoring import pack
 
 PROVENANCE = Provenance(
     name="cpt-tiny-test",
@@ -140,7 +141,10 @@ def test_f16_gguf_matches_hf_model(export, rfc_texts):
     assert f16.tokens_compared > 500 and f16.texts == len(rfc_texts)
     passed, description = perplexity_within(f16, 0.01)
     assert passed, description
-    assert f16.scored_tokens == sum(len(b) - 1 for b in make_blocks([[0] * f16.tokens_compared], 128, 4))
+    # The texts are packed as documents (separator after each), 128-token blocks, at most 4, a 16-token tail.
+    stream = [0] * (f16.tokens_compared + f16.texts)
+    blocks = pack(stream, 128, keep_tail=True, min_tail=MIN_BLOCK_TOKENS, max_blocks=4)
+    assert f16.scored_tokens == sum(len(b) - 1 for b in blocks)
     assert f16.hf_perplexity == pytest.approx(export.hf_perplexity)
     assert f16.mean_abs_nll_diff < 0.01  # F16 rounding only
     assert len(f16.completions) == len(PROMPTS)
@@ -515,20 +519,7 @@ def test_permute_qk(rows, n_head, n_head_kv, expected):
     assert permute_qk(weights, n_head, n_head_kv)[:, 0].tolist() == expected
 
 
-@pytest.mark.parametrize(
-    ("lengths", "block_size", "max_blocks", "expected"),
-    [
-        ([40], 16, 8, [16, 16]),  # trailing 8 tokens dropped
-        ([10, 10], 16, 8, [16]),  # texts are concatenated
-        ([100], 32, 2, [32, 32]),  # capped at max_blocks
-        ([5], 16, 8, []),  # too short
-        ([20], 16, 8, [16]),
-        ([50], 64, 8, [50]),  # one short block is kept when it has enough tokens
-    ],
-)
-def test_make_blocks(lengths, block_size, max_blocks, expected):
-    token_lists = [list(range(n)) for n in lengths]
-    assert [len(b) for b in make_blocks(token_lists, block_size, max_blocks)] == expected
+# test_make_blocks moved to test_scoring.test_capped_blocks (the packer is the scoring core's).
 
 
 def _fidelity(**changes) -> Fidelity:

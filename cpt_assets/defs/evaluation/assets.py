@@ -5,9 +5,11 @@ import math
 import dagster as dg
 
 from cpt_assets.defs.config import config_class, to_dataclass
+from cpt_assets.defs.corpus.splits import corpus_splits
 from cpt_assets.defs.metadata import png_markdown, table_value
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
+from cpt_assets.defs.training.base import base_model
 from cpt_assets.lib.evaluation import EvalConfig, evaluate_models, perplexity_improved, rich_table, write_report
 from cpt_assets.lib.lake import read_split
 
@@ -19,11 +21,10 @@ def finite(value: float, digits: int) -> float | None:
 
 EvalRunConfig = config_class(EvalConfig, "EvalRunConfig")
 PER_SOURCE_COLUMNS = ["source", "documents", "blocks", "tokens", "base_perplexity", "adapted_perplexity", "change_pct"]
-WEIGHT_COLUMNS = ["module_type", "adapted", "parameters", "changed", "share_changed", "relative_frobenius"]
 
 
 @dg.asset(
-    deps=[lora_adapter],
+    deps=[base_model, corpus_splits, lora_adapter],  # every asset it reads
     group_name="evaluation",
     kinds={"pytorch", "json"},
     check_specs=[
@@ -34,8 +35,9 @@ WEIGHT_COLUMNS = ["module_type", "adapted", "parameters", "changed", "share_chan
         )
     ],
     description="Base vs adapted on the test split: token-weighted loss and perplexity on packed blocks (overall and "
-    "per source), BLEU / ROUGE / MiniLM similarity of greedy continuations, and the share of weights the adapter "
-    "changes per module type. report.json, report.md and model_comparison.png under data_lake/eval/.",
+    "per source) and BLEU / ROUGE / MiniLM similarity of greedy continuations. report.json, report.md, "
+    "model_comparison.png and scores.json (the adapted model's scored blocks, which gguf_model's llama.cpp check "
+    "scores again, so both show one HF test perplexity) under data_lake/eval/. Weight change is merged_model's.",
 )
 def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: LakeResource) -> dg.MaterializeResult:
     lk = lake.lake()
@@ -58,7 +60,6 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
             "adapted_bleu": finite(report.adapted.bleu, 3),
             "base_embedding_similarity": finite(report.base.embedding_similarity, 4),
             "adapted_embedding_similarity": finite(report.adapted.embedding_similarity, 4),
-            "share_of_parameters_changed": round(report.share_changed, 5),
             "test_documents": report.test_documents,
             "test_chunks": report.test_rows,
             "eval_blocks": report.eval_blocks,
@@ -69,8 +70,8 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
             "comparison": dg.MetadataValue.md(files.markdown),
             "model_comparison": png_markdown(files.chart_path, "base vs adapted"),
             "per_source_perplexity": table_value(data["per_source"], PER_SOURCE_COLUMNS),
-            "weight_change": table_value(data["weight_changes"], WEIGHT_COLUMNS),
             "report_json": dg.MetadataValue.path(str(files.json_path)),
+            "scores_json": dg.MetadataValue.path(str(files.scores_path)),
         },
         check_results=[
             dg.AssetCheckResult(check_name="adapted_perplexity_below_base", passed=passed, description=description)

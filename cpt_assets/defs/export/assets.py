@@ -16,6 +16,7 @@ from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
 from cpt_assets.defs.training.base import base_model
 from cpt_assets.lib.base_model import describe_model_dir, exported_source
+from cpt_assets.lib.evaluation import adapter_weights_sha256
 from cpt_assets.lib.gguf_export import (
     VERIFICATION_FILE,
     GGUFExportConfig,
@@ -24,7 +25,7 @@ from cpt_assets.lib.gguf_export import (
     toolchain_versions,
 )
 from cpt_assets.lib.gguf_verify import gguf_loads, perplexity_within, tokenization_matches
-from cpt_assets.lib.lake import SPLIT_NAMES, Lake, read_split, sha256_file
+from cpt_assets.lib.lake import SPLIT_NAMES, Lake, read_scored_blocks, read_split, sha256_file
 from cpt_assets.lib.merge import merge_adapter
 from cpt_assets.lib.splits import split_content_hash
 from cpt_assets.lib.training import TRAINING_INFO_FILE
@@ -99,7 +100,7 @@ def export_provenance(lake: Lake, run_id: str) -> Provenance:
 
 
 @dg.asset(
-    deps=[merged_model, corpus_splits],
+    deps=[merged_model, corpus_splits, "eval_report"],
     group_name="export",
     kinds={"gguf", "llama.cpp", "ollama"},
     check_specs=[dg.AssetCheckSpec(name, asset="gguf_model") for name in GGUF_CHECKS],
@@ -111,7 +112,13 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
     lk = lake.lake()
     export_config = to_dataclass(config, GGUFExportConfig)
     texts = [chunk.text for chunk in read_split(lk, "test")] or [chunk.text for chunk in read_split(lk, "validation")]
-    export = export_gguf(lk.merged_model_dir, lk.gguf_dir, export_provenance(lk, context.run_id), texts, export_config)
+    scored = read_scored_blocks(lk.eval_scores_path)  # eval_report's blocks and NLL: one HF test perplexity
+    if scored is not None and scored.adapter_sha256 != adapter_weights_sha256(lk.adapter_dir):
+        context.log.warning(f"{lk.eval_scores_path} scored another adapter; HF perplexity is computed here")
+        scored = None
+    export = export_gguf(
+        lk.merged_model_dir, lk.gguf_dir, export_provenance(lk, context.run_id), texts, export_config, scored=scored
+    )
 
     checks = []
     for name, outcomes in (
@@ -142,6 +149,7 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
         "files": table_value(export.table(), list(export.table()[0])),
         "completions": table_value(completions, ["file", "prompt", "hf", "gguf", "identical"]),
         "hf_perplexity": round(export.hf_perplexity, 4),
+        "hf_perplexity_from": "eval_report (same blocks)" if scored is not None else "computed here (no eval scores)",
         "provenance": dg.MetadataValue.json(export.provenance),
         "toolchain": dg.MetadataValue.json(toolchain_versions()),
         "modelfile": dg.MetadataValue.md(f"```\n{export.modelfile.read_text()}\n```"),
