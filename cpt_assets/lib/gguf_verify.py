@@ -187,15 +187,39 @@ def file_type_name(value: int) -> str:
     return {v: k for k, v in llama_file_types().items()}.get(int(value), "unknown")
 
 
+def open_llama(gguf_path: Path, **kwargs):
+    """llama.cpp's Llama on a GGUF file, with weight repacking off (llama.cpp's --no-repack).
+
+    llama.cpp 0.3.36 repacks weights for AMX on CPUs that have it (these machines' Xeons) and then crashes the process
+    (SIGSEGV in its AMX matmul / decode). Without the extra buffer types the plain CPU kernels run, computing the same
+    values. llama-cpp-python exposes no argument for it, so the default model params it reads at construction are
+    given use_extra_bufts=False for the duration of the constructor.
+    """
+    import llama_cpp.llama as llama_module
+    from llama_cpp import Llama
+
+    lib = llama_module.llama_cpp
+    default_params = lib.llama_model_default_params
+
+    def without_repack():
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    lib.llama_model_default_params = without_repack
+    try:
+        return Llama(model_path=str(gguf_path), **kwargs)
+    finally:
+        lib.llama_model_default_params = default_params
+
+
 def gguf_metadata(gguf_path: Path) -> dict[str, str]:
     """A GGUF's key-value metadata as llama.cpp reads it (values as strings).
 
     Loads the vocabulary only: a fraction of a second, where gguf.GGUFReader spends seconds parsing a 49k-token
     vocabulary in Python. Raises ValueError if llama.cpp cannot read the file.
     """
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(gguf_path), vocab_only=True, n_ctx=16, verbose=False)
+    llm = open_llama(gguf_path, vocab_only=True, n_ctx=16, verbose=False)
     try:
         return dict(llm.metadata)
     finally:
@@ -236,8 +260,6 @@ def verify_gguf(
     from `hf_model_dir`, `texts` and `prompts`. A file llama.cpp cannot load gives a Fidelity with loaded=False and
     the error, so an asset check can report it rather than the asset crashing.
     """
-    from llama_cpp import Llama
-
     gguf_path = Path(gguf_path)
     if reference is None:
         if hf_model_dir is None:
@@ -268,8 +290,8 @@ def verify_gguf(
     if not gguf_path.exists():
         return _replace(failed, error=f"{gguf_path} does not exist")
     try:
-        llm = Llama(
-            model_path=str(gguf_path),
+        llm = open_llama(
+            gguf_path,
             n_ctx=n_ctx,
             n_batch=min(n_ctx, 512),
             logits_all=True,

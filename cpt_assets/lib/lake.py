@@ -39,6 +39,14 @@ PARTITIONED_TABLES: dict[str, tuple[str, str]] = {
     "dropped_chunks": ("chunks", "dropped.parquet"),
 }
 SPLIT_NAMES = ("train", "validation", "test")
+# Model artefacts written per version: <kind folder>/versions/<version>/, and <kind folder>/latest -> that version.
+VERSIONED_KINDS: dict[str, tuple[str, ...]] = {
+    "merged": ("models", "merged"),
+    "eval": ("eval",),
+    "gguf": ("gguf",),
+}
+VERSIONS_FOLDER = "versions"
+LATEST_LINK = "latest"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # peft's name for the adapter weights inside the adapter folder
 # File names inside the eval folder (written by evaluation.write_report).
 EVAL_REPORT_JSON = "report.json"
@@ -98,6 +106,12 @@ def atomic_path(target: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def content_version(*parts: Any) -> str:
+    """A short, stable version id from the inputs that determine an artefact (hashes, configs as JSON-able data)."""
+    payload = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
 
 
 def write_table(table: pa.Table, path: Path) -> Path:
@@ -226,13 +240,52 @@ class Lake:
     def training_chart_path(self) -> Path:
         return self.models_dir / "training_loss.png"
 
+    # ---- versioned model artefacts ----------------------------------------------------------------------------
+    def kind_dir(self, kind: str) -> Path:
+        """The folder holding every version of one artefact kind ("merged", "eval", "gguf")."""
+        if kind not in VERSIONED_KINDS:
+            raise ValueError(f"Unknown versioned artefact kind {kind!r}; known: {sorted(VERSIONED_KINDS)}")
+        return self.root.joinpath(*VERSIONED_KINDS[kind])
+
+    def version_dir(self, kind: str, version: str) -> Path:
+        """Where one version of an artefact is written; it is never overwritten by another version."""
+        if not version or "/" in version or version.startswith("."):
+            raise ValueError(f"Bad version id {version!r} for {kind}: a non-empty name without '/'")
+        return self.kind_dir(kind) / VERSIONS_FOLDER / version
+
+    def latest_dir(self, kind: str) -> Path:
+        """The stable path of the newest published version (a symlink to versions/<version>)."""
+        return self.kind_dir(kind) / LATEST_LINK
+
+    def publish_latest(self, kind: str, version: str) -> Path:
+        """Point `latest` at an existing version, atomically (a new symlink renamed over the old one)."""
+        target = self.version_dir(kind, version)
+        if not target.is_dir():
+            raise FileNotFoundError(f"Cannot publish {kind} version {version}: {target} does not exist")
+        link = self.latest_dir(kind)
+        tmp = link.with_name(f".{LATEST_LINK}.tmp-{uuid.uuid4().hex[:8]}")
+        os.symlink(Path(VERSIONS_FOLDER) / version, tmp, target_is_directory=True)  # relative: the lake can move
+        os.replace(tmp, link)
+        return target
+
+    def versions(self, kind: str) -> list[str]:
+        """Every written version of a kind, sorted by name."""
+        folder = self.kind_dir(kind) / VERSIONS_FOLDER
+        return (
+            sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if folder.is_dir()
+            else []
+        )
+
     @property
     def merged_model_dir(self) -> Path:
-        return self.models_dir / "merged"
+        """The latest merged model (read side); write a version with version_dir("merged", ...)."""
+        return self.latest_dir("merged")
 
     @property
     def eval_dir(self) -> Path:
-        return self.root / "eval"
+        """The latest eval report (read side); write a version with version_dir("eval", ...)."""
+        return self.latest_dir("eval")
 
     @property
     def eval_scores_path(self) -> Path:
@@ -241,7 +294,8 @@ class Lake:
 
     @property
     def gguf_dir(self) -> Path:
-        return self.root / "gguf"
+        """The latest GGUF export (read side); write a version with version_dir("gguf", ...)."""
+        return self.latest_dir("gguf")
 
     # ---- DuckDB query layer ------------------------------------------------------------------------------------
     def view_sql(self) -> list[str]:

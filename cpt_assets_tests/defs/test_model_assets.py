@@ -4,6 +4,7 @@ evaluation report, merged model and a GGUF that llama.cpp loads, each with its m
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -90,8 +91,10 @@ def test_gguf_loads_in_llama_cpp_and_carries_its_provenance(model_run, corpus_la
     assert gguf["hf_perplexity"] == pytest.approx(
         materialization(model_run, "eval_report")["adapted_perplexity"], rel=1e-3
     )
-    target = corpus_lake.lake.gguf_dir / "model-Q8_0.gguf"
-    assert gguf["gguf_path"] == str(target) and target.exists()
+    target = corpus_lake.lake.gguf_dir / "model-Q8_0.gguf"  # through the stable "latest" pointer
+    versioned = corpus_lake.lake.version_dir("gguf", gguf["version"]) / "model-Q8_0.gguf"
+    assert gguf["gguf_path"] == str(versioned) and target.exists()
+    assert target.resolve() == versioned.resolve()
     provenance = read_provenance(target)
     assert provenance["cpt.merged_model.sha256"] == merged["weights_sha256"]
     latest_splits = corpus_lake.instance.get_latest_materialization_event(dg.AssetKey("corpus_splits"))
@@ -102,9 +105,14 @@ def test_gguf_loads_in_llama_cpp_and_carries_its_provenance(model_run, corpus_la
 
 
 def test_eval_without_continuations_reports_null_text_scores(model_run, corpus_lake):
+    first = materialization(model_run, "eval_report")
     config = {**TINY_EVAL, "max_samples": 0}
     result = corpus_lake.materialize([eval_report], run_config={"ops": {"eval_report": {"config": config}}})
     assert result.success
     report = materialization(result, "eval_report")
     assert report["base_bleu"] is None and report["samples"] == 0
     assert report["base_perplexity"] > 1
+    # Per-version folders: the first materialisation's report is still where its metadata says, latest is the new one.
+    assert report["version"] != first["version"]
+    assert json.loads(Path(first["report_json"]).read_text())["config"]["max_samples"] == TINY_EVAL["max_samples"]
+    assert (corpus_lake.lake.eval_dir / "report.json").resolve() == Path(report["report_json"]).resolve()

@@ -1,6 +1,7 @@
 """The eval_report asset: base vs adapted model on the test split, with a red light when training made it worse."""
 
 import math
+from dataclasses import asdict
 
 import dagster as dg
 
@@ -10,8 +11,16 @@ from cpt_assets.defs.metadata import png_markdown, table_value
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
 from cpt_assets.defs.training.base import base_model
-from cpt_assets.lib.evaluation import EvalConfig, evaluate_models, perplexity_improved, rich_table, write_report
-from cpt_assets.lib.lake import read_split
+from cpt_assets.lib.evaluation import (
+    EvalConfig,
+    adapter_weights_sha256,
+    evaluate_models,
+    perplexity_improved,
+    rich_table,
+    write_report,
+)
+from cpt_assets.lib.lake import content_version, read_split
+from cpt_assets.lib.splits import split_content_hash
 
 
 def finite(value: float, digits: int) -> float | None:
@@ -44,8 +53,13 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
     test_rows = read_split(lk, "test")
     if not test_rows:
         raise ValueError(f"the test split at {lk.split_path('test')} is missing or empty: materialise corpus_splits")
-    report = evaluate_models(lk.base_model_dir, lk.adapter_dir, test_rows, to_dataclass(config, EvalConfig))
-    files = write_report(report, lk.eval_dir)
+    eval_config = to_dataclass(config, EvalConfig)
+    version = content_version(
+        adapter_weights_sha256(lk.adapter_dir), split_content_hash(test_rows), asdict(eval_config)
+    )
+    report = evaluate_models(lk.base_model_dir, lk.adapter_dir, test_rows, eval_config)
+    files = write_report(report, lk.version_dir("eval", version))  # this version's folder stays true
+    lk.publish_latest("eval", version)
     context.log.info("\n" + rich_table(report))
 
     data = report.to_dict()
@@ -72,6 +86,7 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
             "per_source_perplexity": table_value(data["per_source"], PER_SOURCE_COLUMNS),
             "report_json": dg.MetadataValue.path(str(files.json_path)),
             "scores_json": dg.MetadataValue.path(str(files.scores_path)),
+            "version": version,
         },
         check_results=[
             dg.AssetCheckResult(check_name="adapted_perplexity_below_base", passed=passed, description=description)

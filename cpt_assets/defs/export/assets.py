@@ -5,6 +5,7 @@ pre-tokenizer or chat template gives a file that loads but babbles (llama.cpp #9
 """
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
@@ -25,7 +26,7 @@ from cpt_assets.lib.gguf_export import (
     toolchain_versions,
 )
 from cpt_assets.lib.gguf_verify import gguf_loads, perplexity_within, tokenization_matches
-from cpt_assets.lib.lake import SPLIT_NAMES, Lake, read_scored_blocks, read_split, sha256_file
+from cpt_assets.lib.lake import SPLIT_NAMES, Lake, content_version, read_scored_blocks, read_split, sha256_file
 from cpt_assets.lib.merge import merge_adapter
 from cpt_assets.lib.splits import split_content_hash
 from cpt_assets.lib.training import TRAINING_INFO_FILE
@@ -44,7 +45,9 @@ GGUF_CHECKS = ("gguf_loads_in_llama_cpp", "gguf_tokenization_matches_hf", "gguf_
 )
 def merged_model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     lk = lake.lake()
-    result = merge_adapter(lk.base_model_dir, lk.adapter_dir, lk.merged_model_dir)
+    version = content_version(adapter_weights_sha256(lk.adapter_dir), sha256_file(lk.base_model_dir / "config.json"))
+    result = merge_adapter(lk.base_model_dir, lk.adapter_dir, lk.version_dir("merged", version))
+    lk.publish_latest("merged", version)
     context.log.info(f"merged {result.lora_modules} LoRA modules; {result.changed_tensors} tensors changed")
     return dg.MaterializeResult(
         metadata={
@@ -116,9 +119,13 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
     if scored is not None and scored.adapter_sha256 != adapter_weights_sha256(lk.adapter_dir):
         context.log.warning(f"{lk.eval_scores_path} scored another adapter; HF perplexity is computed here")
         scored = None
-    export = export_gguf(
-        lk.merged_model_dir, lk.gguf_dir, export_provenance(lk, context.run_id), texts, export_config, scored=scored
+    provenance = export_provenance(lk, context.run_id)
+    version = content_version(
+        provenance.merged_model_sha256, asdict(export_config), scored.adapter_sha256 if scored else None
     )
+    out_dir = lk.version_dir("gguf", version)
+    export = export_gguf(lk.merged_model_dir, out_dir, provenance, texts, export_config, scored=scored)
+    lk.publish_latest("gguf", version)
 
     checks = []
     for name, outcomes in (
@@ -154,7 +161,8 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
         "toolchain": dg.MetadataValue.json(toolchain_versions()),
         "modelfile": dg.MetadataValue.md(f"```\n{export.modelfile.read_text()}\n```"),
         "gguf_path": dg.MetadataValue.path(str(target.path)),
-        "verification": dg.MetadataValue.path(str(lk.gguf_dir / VERIFICATION_FILE)),
+        "verification": dg.MetadataValue.path(str(out_dir / VERIFICATION_FILE)),
+        "version": version,
     }
     for gguf_file in export.files:
         prefix = gguf_file.file_type.lower()
