@@ -233,6 +233,11 @@ class Lake:
         return self.models_dir / "adapter"
 
     @property
+    def tokenizer_cache_dir(self) -> Path:
+        """The default base model's tokenizer, extracted once, for chunking before base_model is materialised."""
+        return self.models_dir / "tokenizer-cache"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.models_dir / "checkpoints"
 

@@ -8,7 +8,6 @@ re-extracts nothing and says so.
 import hashlib
 import time
 from collections import Counter
-from pathlib import Path
 
 import dagster as dg
 
@@ -16,8 +15,14 @@ from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.metadata import counts_md, markdown_table, png_markdown, table_value
 from cpt_assets.defs.partitions import source_partitions
 from cpt_assets.defs.resources import LakeResource, SourcesResource
-from cpt_assets.lib.base_model import default_tokenizer_dir, load_tokenizer
-from cpt_assets.lib.chunk_refresh import plot_token_histogram, read_state, refresh_chunks, write_state
+from cpt_assets.lib.base_model import load_tokenizer
+from cpt_assets.lib.chunk_refresh import (
+    chunk_tokenizer_dir,
+    plot_token_histogram,
+    read_state,
+    refresh_chunks,
+    write_state,
+)
 from cpt_assets.lib.chunking import ChunkingConfig
 from cpt_assets.lib.corpus_checks import (
     documents_accounted_for,
@@ -198,12 +203,12 @@ def page_text(context: dg.AssetExecutionContext, lake: LakeResource, sources: So
 
 
 class CleanChunksConfig(config_class(ChunkingConfig, "ChunkingRunConfig")):
-    tokenizer: str = ""  # HF tokenizer folder whose tokens size the chunks; empty: the default base model's (SmolLM2)
+    tokenizer: str = ""  # HF tokenizer folder whose tokens size the chunks; empty: the base_model asset's tokenizer
 
 
 @dg.asset(
     partitions_def=source_partitions,
-    deps=[page_text],
+    deps=[page_text, "base_model"],  # chunks are sized in the base model's tokens: the graph shows that edge
     group_name="corpus",
     kinds={"nltk", "parquet", "duckdb"},
     automation_condition=FOLLOW_UPSTREAM,
@@ -222,7 +227,8 @@ def clean_chunks(
     source = context.partition_key
     if not lk.pages_path(source).exists():
         raise FileNotFoundError(f"no page text at {lk.pages_path(source)}: materialise page_text[{source}] first")
-    tokenizer_dir = Path(config.tokenizer) if config.tokenizer else default_tokenizer_dir()
+    tokenizer_dir, tokenizer_from = chunk_tokenizer_dir(lk, config.tokenizer)
+    context.log.info(f"chunks sized with the tokenizer of {tokenizer_from} ({tokenizer_dir})")
     started = time.perf_counter()
     refresh = refresh_chunks(
         lk.read_pages(source),
@@ -252,6 +258,7 @@ def clean_chunks(
         "refresh": refresh.reason,
         "chunks": len(refresh.chunks),
         "tokens": sum(tokens),
+        "tokenizer_from": tokenizer_from,
         "tokens_per_chunk_mean": round(sum(tokens) / len(tokens), 1) if tokens else 0.0,
         "tokens_per_chunk_max": max(tokens, default=0),
         "dropped": len(refresh.dropped),
