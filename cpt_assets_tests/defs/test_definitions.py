@@ -30,15 +30,40 @@ def test_definitions_load_with_the_whole_graph_in_order():
     assert keys == set(GRAPH)
     upstream = {
         "page_text": {"raw_pdfs"},
-        "clean_chunks": {"page_text"},
+        "clean_chunks": {"page_text", "base_model"},  # chunks are sized in the base model's tokens
         "corpus_splits": {"clean_chunks"},
         "lora_adapter": {"corpus_splits", "base_model"},
-        "eval_report": {"lora_adapter"},
+        "eval_report": {"base_model", "corpus_splits", "lora_adapter"},  # every asset it reads
         "merged_model": {"lora_adapter", "base_model"},
-        "gguf_model": {"merged_model", "corpus_splits"},
+        "gguf_model": {"merged_model", "corpus_splits", "eval_report"},  # reuses eval's scored blocks
     }
     for asset, parents in upstream.items():
         assert {p.to_user_string() for p in graph.get(dg.AssetKey(asset)).parent_keys} == parents
+
+
+def test_leakage_check_blocks_and_chunker_is_versioned():
+    from cpt_assets.lib.chunking import CHUNKER_VERSION
+
+    splits = defs.resolve_assets_def("corpus_splits")
+    specs = {spec.name: spec for spec in splits.check_specs}
+    assert specs["no_document_in_two_splits"].blocking
+    assert not specs["split_ratios_within_tolerance"].blocking
+    chunks = defs.resolve_assets_def("clean_chunks")
+    assert chunks.code_versions_by_key[dg.AssetKey("clean_chunks")] == f"chunker-{CHUNKER_VERSION}"
+
+
+def test_launchpad_config_is_nested_described_and_offers_choices():
+    from dagster._config.pythonic_config import infer_schema_from_config_class
+
+    from cpt_assets.defs.corpus.assets import CleanChunksConfig
+    from cpt_assets.defs.evaluation.assets import EvalRunConfig
+
+    fields = infer_schema_from_config_class(CleanChunksConfig).config_type.fields
+    assert {"cleaning", "quality", "dedup"} <= set(fields)
+    assert fields["cleaning"].config_type.fields["edge_lines"].description.startswith("non-empty lines at the top")
+    assert all(field.description for field in fields.values())
+    eval_fields = infer_schema_from_config_class(EvalRunConfig).config_type.fields
+    assert eval_fields["block_size"].description.startswith("tokens per packed block")
 
 
 def test_training_runs_in_the_gpu_pool_tagged_with_its_device():

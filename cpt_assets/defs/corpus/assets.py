@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 import dagster as dg
+import pydantic
 
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.metadata import counts_md, markdown_table, png_markdown, table_value
@@ -23,7 +24,7 @@ from cpt_assets.lib.chunk_refresh import (
     refresh_chunks,
     write_state,
 )
-from cpt_assets.lib.chunking import ChunkingConfig
+from cpt_assets.lib.chunking import CHUNKER_VERSION, ChunkingConfig
 from cpt_assets.lib.corpus_checks import (
     documents_accounted_for,
     duplicate_chunks,
@@ -203,12 +204,15 @@ def page_text(context: dg.AssetExecutionContext, lake: LakeResource, sources: So
 
 
 class CleanChunksConfig(config_class(ChunkingConfig, "ChunkingRunConfig")):
-    tokenizer: str = ""  # HF tokenizer folder whose tokens size the chunks; empty: the base_model asset's tokenizer
+    tokenizer: str = pydantic.Field(
+        default="", description="HF tokenizer folder whose tokens size the chunks; empty: the base_model asset's"
+    )
 
 
 @dg.asset(
     partitions_def=source_partitions,
     deps=[page_text, "base_model"],  # chunks are sized in the base model's tokens: the graph shows that edge
+    code_version=f"chunker-{CHUNKER_VERSION}",  # the UI marks chunks stale when the cleaning/chunking rules change
     group_name="corpus",
     kinds={"nltk", "parquet", "duckdb"},
     automation_condition=FOLLOW_UPSTREAM,

@@ -26,7 +26,13 @@ SplitRunConfig = config_class(SplitConfig, "SplitRunConfig")
     kinds={"parquet", "duckdb", "huggingface"},
     automation_condition=FOLLOW_UPSTREAM,
     check_specs=[
-        dg.AssetCheckSpec("no_document_in_two_splits", asset="corpus_splits"),
+        # Blocking: a leaked split stops the run before lora_adapter trains on it.
+        dg.AssetCheckSpec(
+            "no_document_in_two_splits",
+            asset="corpus_splits",
+            blocking=True,
+            description="no document has chunks in two splits (blocking: nothing downstream runs on a leaked split)",
+        ),
         dg.AssetCheckSpec("split_ratios_within_tolerance", asset="corpus_splits"),
     ],
     description="Train/validation/test splits assigned per document (70/20/10 of tokens by default), stable as "
