@@ -118,7 +118,7 @@ def to_dataclass(config: Any, dataclass_type: type[T]) -> T:
     """Build (and so validate) the lib dataclass from run config; lists become tuples where the field wants one."""
     hints = typing.get_type_hints(dataclass_type)
     values = {}
-    for field in dataclasses.fields(dataclass_type):
+    for field in dataclasses.fields(dataclass_type):  # pyright: ignore[reportArgumentType]  # T is a dataclass
         if not field.init or not hasattr(config, field.name):
             continue
         value = getattr(config, field.name)

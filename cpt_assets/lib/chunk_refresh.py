@@ -205,7 +205,7 @@ def refresh_chunks(
             mark_near_duplicates(kept_chunks, index=near_index)
         # Without a splitter nothing is valid, so `rechunk` is every document: the splitter learns from all of them.
         result = chunk_documents({d: by_doc[d] for d in rechunk}, tokenizer, splitter, config, seen, near_index)
-        if splitter is None:
+        if splitter is None and result.splitter is not None:
             splitter, splitter_trained = result.splitter, True
             save_splitter(splitter, splitter_path)
         kept_chunks = kept_chunks + result.chunks

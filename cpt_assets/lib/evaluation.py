@@ -329,7 +329,7 @@ def load_base_model(base_model_dir: Path, device: str, dtype: str) -> tuple[Any,
     if not (base_model_dir / "config.json").exists():
         raise FileNotFoundError(f"Base model folder {base_model_dir} has no config.json")
     model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=getattr(torch, dtype))
-    model.to(device).eval()
+    model = model.to(device).eval()  # type: ignore[arg-type]  # transformers' stubs type .to() too narrowly
     return model, load_tokenizer(base_model_dir)
 
 

@@ -198,7 +198,7 @@ def open_llama(gguf_path: Path, **kwargs):
     import llama_cpp.llama as llama_module
     from llama_cpp import Llama
 
-    lib = llama_module.llama_cpp
+    lib = llama_module.llama_cpp  # pyright: ignore[reportPrivateImportUsage]  # the ctypes module llama.py uses
     default_params = lib.llama_model_default_params
 
     def without_repack():
