@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from cpt_assets.lib.lake import (
+    ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     EVAL_CHART,
     EVAL_REPORT_JSON,
@@ -443,8 +444,8 @@ def evaluate_models(
 
     config = config or EvalConfig()
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise FileNotFoundError(f"Adapter folder {adapter_dir} has no adapter_config.json")
+    if not (adapter_dir / ADAPTER_CONFIG_FILE).exists():
+        raise FileNotFoundError(f"Adapter folder {adapter_dir} has no {ADAPTER_CONFIG_FILE}")
     rows = check_test_chunks(test_rows)
     if not rows:
         raise ValueError("The test split has no rows to evaluate")

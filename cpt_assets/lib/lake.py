@@ -47,6 +47,7 @@ VERSIONED_KINDS: dict[str, tuple[str, ...]] = {
 }
 VERSIONS_FOLDER = "versions"
 LATEST_LINK = "latest"
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's name for the adapter config inside the adapter folder
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # peft's name for the adapter weights inside the adapter folder
 # File names inside the eval folder (written by evaluation.write_report).
 EVAL_REPORT_JSON = "report.json"

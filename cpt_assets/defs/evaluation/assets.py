@@ -30,6 +30,8 @@ def finite(value: float, digits: int) -> float | None:
 
 class EvalRunConfig(config_class(EvalConfig, "EvalRunConfigBase")):
     """EvalConfig's fields as run config (a class, so type checkers accept it as an annotation)."""
+
+
 PER_SOURCE_COLUMNS = ["source", "documents", "blocks", "tokens", "base_perplexity", "adapted_perplexity", "change_pct"]
 
 
