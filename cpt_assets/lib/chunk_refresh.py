@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from cpt_assets.lib.chunking import (
     save_splitter,
     splitter_hash,
 )
+from cpt_assets.lib.cleaning import DEFAULT_SPECIAL_TOKENS
 from cpt_assets.lib.dedup import NearDuplicateIndex, mark_near_duplicates, text_fingerprint
-from cpt_assets.lib.lake import atomic_path
+from cpt_assets.lib.lake import Lake, atomic_path
 from cpt_assets.lib.types import Chunk, DroppedChunk, Page
 
 STATE_VERSION = 1
@@ -97,6 +98,45 @@ class ChunkRefresh:
     splitter_trained: bool
 
 
+def chunk_tokenizer_dir(lk: Lake, configured: str = "") -> tuple[Path, str]:
+    """The tokenizer folder chunks are sized with, and where it came from.
+
+    The base_model asset's tokenizer when it is materialised; before that, the default base model's tokenizer
+    extracted once into the lake (what base_model exports by default). A change of base model changes the tokenizer
+    files, so chunk_refresh's tokenizer hash re-chunks every document.
+    """
+    from cpt_assets.lib.base_model import default_tokenizer_dir
+
+    if configured:
+        return Path(configured), "the configured folder"
+    if (lk.base_model_dir / "tokenizer.json").exists() or (lk.base_model_dir / "tokenizer_config.json").exists():
+        return lk.base_model_dir, "the base_model asset"
+    return default_tokenizer_dir(lk.tokenizer_cache_dir), "the default base model (base_model not materialised yet)"
+
+
+def tokenizer_special_tokens(tokenizer: Any) -> tuple[str, ...]:
+    """The special-token strings of a tokenizer (its added tokens marked special, and the named ones), sorted."""
+    tokens = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    for token in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values():
+        if getattr(token, "special", False):
+            tokens.add(str(token.content))
+    return tuple(sorted(tokens))
+
+
+def with_tokenizer_special_tokens(config: ChunkingConfig, tokenizer: Any) -> ChunkingConfig:
+    """The config whose cleaner strips the base model's own special tokens, not a list written for another model.
+
+    Settings that name special tokens explicitly (not the default list) are kept as given. The state needs no new
+    field: the tokenizer hash already changes when the tokenizer (and so its special tokens) does.
+    """
+    if config.cleaning.special_tokens != DEFAULT_SPECIAL_TOKENS:
+        return config
+    found = tokenizer_special_tokens(tokenizer)
+    if not found:
+        return config
+    return replace(config, cleaning=replace(config.cleaning, special_tokens=found))
+
+
 def refresh_chunks(
     pages: Sequence[Page],
     previous_chunks: Sequence[Chunk],
@@ -158,13 +198,14 @@ def refresh_chunks(
     splitter_trained = False
     if rechunk:
         tokenizer = load_tokenizer(tokenizer_dir)
+        config = with_tokenizer_special_tokens(config, tokenizer)
         seen = {text_fingerprint(c.text): c.chunk_id for c in kept_chunks}
         near_index = NearDuplicateIndex(config.dedup)
         if kept_chunks:
             mark_near_duplicates(kept_chunks, index=near_index)
         # Without a splitter nothing is valid, so `rechunk` is every document: the splitter learns from all of them.
         result = chunk_documents({d: by_doc[d] for d in rechunk}, tokenizer, splitter, config, seen, near_index)
-        if splitter is None:
+        if splitter is None and result.splitter is not None:
             splitter, splitter_trained = result.splitter, True
             save_splitter(splitter, splitter_path)
         kept_chunks = kept_chunks + result.chunks

@@ -4,14 +4,16 @@ The base model is loaded once and the LoRA adapter is put on top with peft; `dis
 off for the base numbers, so both models are scored from one copy of the weights on identical inputs (the test
 suite checks that the base numbers equal those of the base model loaded alone).
 
-- Loss and perplexity are token-weighted over packed blocks (documents joined with EOS, cut into `block_size`
-  tokens, as `packing.pack_blocks` does for training), the shape the model was trained on; each source is packed
-  on its own so every block belongs to one source and the per-source rows are exact.
+- Loss and perplexity are token-weighted over packed blocks built by the scoring core (`scoring.document_stream`:
+  each document followed by the training separator; `scoring.pack`: cut into `block_size` tokens, the tail kept),
+  with `block_size` defaulting to training's, so it is the shape the model was trained on; each source is packed
+  on its own so every block belongs to one source and the per-source rows are exact. The adapted model's blocks and
+  per-token losses are returned as `ScoredBlocks` and written to the lake, so GGUF verification compares llama.cpp
+  with this very figure instead of computing a second "HF perplexity".
 - Continuations: the opening of each sampled test chunk is the prompt; greedy decoding writes as many tokens as the
   true continuation that follows it (bounded by `max_new_tokens`), scored with BLEU, ROUGE and MiniLM similarity
   (see `metrics.py`).
-- Weight change: the adapter is merged into a copy of the model and every parameter tensor is diffed against the
-  base, so the figures show what `merge_and_unload` really alters (LoRA layers, modules_to_save, anything else).
+Weight change is not measured here: it is defined once, by the real merge (`merge.weight_changes`).
 
 `write_report` turns an `EvalReport` into report.json, report.md and model_comparison.png; `rich_table` renders
 the same figures for the run log; `perplexity_improved` is the asset check's pure logic.
@@ -19,7 +21,6 @@ the same figures for the run log; `perplexity_improved` is the asset check's pur
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import logging
@@ -31,17 +32,37 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpt_assets.lib.lake import atomic_path
-from cpt_assets.lib.metrics import TextScores, perplexity, score_texts
-from cpt_assets.lib.packing import DOCUMENT_CHUNK_SEPARATOR, document_separator_id
+import numpy as np
+
+from cpt_assets.lib.lake import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    EVAL_CHART,
+    EVAL_REPORT_JSON,
+    EVAL_REPORT_MD,
+    EVAL_SCORES,
+    atomic_path,
+    sha256_file,
+    write_scored_blocks,
+)
+from cpt_assets.lib.metrics import TextScores, score_texts
+from cpt_assets.lib.scoring import (
+    DOCUMENT_CHUNK_SEPARATOR,
+    block_nll,
+    document_separator_id,
+    document_stream,
+    greedy_decode,
+    pack,
+    perplexity,
+    tokenize_texts,
+)
+from cpt_assets.lib.types import Chunk, ScoredBlocks
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
 MIN_SAMPLE_TOKENS = 16  # a chunk shorter than this has no meaningful opening/continuation split
-# Module types reported first, in Llama's order; any other parameter's type follows alphabetically.
-MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens", "lm_head")
 
 
 @dataclass
@@ -51,7 +72,7 @@ class EvalConfig:
     max_samples: int = 20  # test chunks whose continuation is scored (seed: 10; 20 costs ~1 CPU-minute more; 0: none)
     prompt_tokens: int = 64  # opening tokens given as prompt (at most half of a chunk)
     max_new_tokens: int = 64  # generated tokens per sample; the reference is the same span of the true text
-    block_size: int = 512  # tokens per packed block for loss and perplexity
+    block_size: int = 256  # tokens per packed block for loss and perplexity (training's default block size)
     max_eval_blocks: int = 0  # packed blocks scored per model (0: the whole test split); a bound spreads them over
     # sources, each source getting >= 1
     batch_size: int = 4  # packed blocks per forward pass (logits take batch x block_size x vocab floats)
@@ -59,7 +80,6 @@ class EvalConfig:
     seed: int = 0  # picks the sampled chunks and the scored blocks
     device: str = "auto"  # "auto" (cuda when available), "cpu" or "cuda"
     dtype: str = "float32"  # weights and activations while evaluating
-    change_tolerance: float = 1e-6  # |delta| above this times the tensor's RMS counts as a changed parameter
     num_threads: int = 0  # torch CPU threads while evaluating (0: leave torch's setting), restored afterwards
 
     def __post_init__(self) -> None:
@@ -77,22 +97,9 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.device must be one of {DEVICES}, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"EvalConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if not 0 <= self.change_tolerance < 1:
-            raise ValueError(f"EvalConfig.change_tolerance must be in [0, 1), got {self.change_tolerance}")
 
 
 # ---- records -------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class TestRow:
-    """One chunk of the test split, as evaluation needs it."""
-
-    text: str
-    source: str
-    doc_id: str
-    chunk_id: str = ""
-    chunk_index: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class ModelScores:
     """Every figure for one model (base or adapted)."""
@@ -146,23 +153,6 @@ class ContinuationSample:
 
 
 @dataclass(frozen=True, slots=True)
-class ModuleWeightChange:
-    """How much merging the adapter alters one module type (e.g. all q_proj weights)."""
-
-    module_type: str
-    adapted: bool  # the adapter carries a LoRA layer or a trained copy for this module type
-    tensors: int
-    parameters: int
-    changed: int  # parameters with |delta| > change_tolerance * RMS of their tensor
-    relative_frobenius: float  # ||delta||_F / ||W||_F over all tensors of the type
-    max_abs_delta: float
-
-    @property
-    def share_changed(self) -> float:
-        return self.changed / self.parameters if self.parameters else 0.0
-
-
-@dataclass(frozen=True, slots=True)
 class EvalReport:
     """Everything `evaluate_models` measured; `to_dict()` gives it as JSON-ready data."""
 
@@ -170,7 +160,7 @@ class EvalReport:
     adapted: ModelScores
     per_source: list[SourcePerplexity] = field(default_factory=list)
     samples: list[ContinuationSample] = field(default_factory=list)
-    weight_changes: list[ModuleWeightChange] = field(default_factory=list)
+    scored: ScoredBlocks | None = None  # the adapted model's blocks and per-token NLL (written as scores.json)
     test_rows: int = 0
     test_documents: int = 0
     eval_tokens: int = 0  # predicted tokens in the loss pass (per model)
@@ -182,33 +172,15 @@ class EvalReport:
     config: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase and in total
 
-    @property
-    def parameters(self) -> int:
-        return sum(row.parameters for row in self.weight_changes)
-
-    @property
-    def changed_parameters(self) -> int:
-        return sum(row.changed for row in self.weight_changes)
-
-    @property
-    def share_changed(self) -> float:
-        return self.changed_parameters / self.parameters if self.parameters else 0.0
-
     def to_dict(self) -> dict[str, Any]:
         """Every figure as plain JSON data (NaN and infinities become null)."""
         data = asdict(self)
+        data.pop("scored")  # its own file (scores.json): thousands of token ids do not belong in the report
         for row, record in zip(data["per_source"], self.per_source, strict=True):
             row["change_pct"] = record.change_pct
-        for row, record in zip(data["weight_changes"], self.weight_changes, strict=True):
-            row["share_changed"] = record.share_changed
         data["metrics"] = [
             asdict(row) | {"change": row.change, "change_pct": row.change_pct} for row in metric_rows(self)
         ]
-        data["totals"] = {
-            "parameters": self.parameters,
-            "changed_parameters": self.changed_parameters,
-            "share_changed": self.share_changed,
-        }
         return _json_safe(data)
 
 
@@ -242,6 +214,7 @@ class ReportFiles:
     json_path: Path
     markdown_path: Path
     chart_path: Path
+    scores_path: Path | None  # the adapted model's ScoredBlocks (for GGUF verification); None when not written
     markdown: str
 
 
@@ -283,45 +256,20 @@ def perplexity_improved(report: EvalReport) -> tuple[bool, str]:
 
 
 # ---- inputs --------------------------------------------------------------------------------------------------------
-def to_test_rows(rows: Iterable[Any]) -> list[TestRow]:
-    """Dicts or records (Chunk, a parquet row) with text, source and doc_id; chunk_id/chunk_index if present."""
-    result = []
-    for index, row in enumerate(rows):
-        get = row.get if isinstance(row, Mapping) else lambda name, default=None, row=row: getattr(row, name, default)
-        values = {}
-        for name in ("text", "source", "doc_id"):
-            value = get(name)
-            if value is None:
-                raise ValueError(f"Test row {index} has no '{name}' (needs text, source and doc_id): {row!r:.200}")
-            values[name] = str(value)
-        result.append(
-            TestRow(
-                **values,
-                chunk_id=str(get("chunk_id") or f"{values['doc_id']}#{index}"),
-                chunk_index=int(get("chunk_index") or 0),
-            )
-        )
+def check_test_chunks(chunks: Iterable[Chunk]) -> list[Chunk]:
+    """The test chunks as a list; a record that is not a `types.Chunk`, or lacks a source or doc_id, is named."""
+    result = list(chunks)
+    for index, chunk in enumerate(result):
+        if not isinstance(chunk, Chunk):
+            raise TypeError(f"Test row {index} is a {type(chunk).__name__}, not a types.Chunk: {chunk!r:.200}")
+        for name in ("source", "doc_id"):
+            if not getattr(chunk, name):
+                raise ValueError(f"Test row {index} has no '{name}' (needs text, source and doc_id): {chunk!r:.200}")
     return result
 
 
-def pack_eval_blocks(token_lists: Iterable[list[int]], block_size: int, eos_id: int) -> list[list[int]]:
-    """Concatenate documents with EOS after each and cut into blocks of `block_size` tokens.
-
-    The recipe of `packing.pack_blocks` (training), except that the last block keeps what is left (if it has at
-    least 2 tokens, one to predict): a source whose test documents fill less than one block still gets scored, and
-    scores are token-weighted, so a short block counts for what it holds.
-    """
-    stream: list[int] = []
-    for tokens in token_lists:
-        if tokens:
-            stream.extend(tokens)
-            stream.append(eos_id)
-    blocks = [stream[start : start + block_size] for start in range(0, len(stream), block_size)]
-    return [block for block in blocks if len(block) >= 2]
-
-
-def _documents_by_source(rows: list[TestRow]) -> dict[str, dict[str, list[TestRow]]]:
-    grouped: dict[str, dict[str, list[TestRow]]] = {}
+def _documents_by_source(rows: list[Chunk]) -> dict[str, dict[str, list[Chunk]]]:
+    grouped: dict[str, dict[str, list[Chunk]]] = {}
     for row in rows:
         grouped.setdefault(row.source, {}).setdefault(row.doc_id, []).append(row)
     return {
@@ -365,147 +313,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def block_losses(model: Any, blocks: list[list[int]], batch_size: int, pad_id: int) -> list[tuple[float, int]]:
-    """(sum of next-token negative log-likelihoods, tokens predicted) per block."""
-    import torch
-    import torch.nn.functional as F
-
-    device = next(model.parameters()).device
-    results: list[tuple[float, int]] = []
-    with torch.inference_mode():
-        for start in range(0, len(blocks), batch_size):
-            batch = blocks[start : start + batch_size]
-            width = max(len(block) for block in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, block in enumerate(batch):
-                ids[row, : len(block)] = torch.tensor(block)
-                mask[row, : len(block)] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-            nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
-            sums = nll.sum(dim=1).tolist()
-            counts = (targets != -100).sum(dim=1).tolist()
-            results.extend(zip(sums, counts, strict=True))
-    return results
-
-
-def generate_continuations(
-    model: Any, prompts: list[list[int]], lengths: list[int], batch_size: int, pad_id: int, eos_id: int
-) -> list[list[int]]:
-    """Greedy continuation of each prompt, at most `lengths[i]` tokens, cut at EOS (left-padded batches)."""
-    import torch
-    from transformers import GenerationConfig
-
-    device = next(model.parameters()).device
-    outputs: list[list[int]] = []
-    with torch.inference_mode():
-        for start in range(0, len(prompts), batch_size):
-            batch, limits = prompts[start : start + batch_size], lengths[start : start + batch_size]
-            width = max(len(prompt) for prompt in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, prompt in enumerate(batch):
-                ids[row, width - len(prompt) :] = torch.tensor(prompt)
-                mask[row, width - len(prompt) :] = 1
-            # A fresh config: greedy, nothing inherited from the checkpoint (repetition penalty, sampling, ...).
-            config = GenerationConfig(
-                max_new_tokens=max(limits),
-                min_new_tokens=0,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=pad_id,
-                eos_token_id=eos_id,
-            )
-            generated = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
-            )
-            for row, limit in enumerate(limits):
-                tokens = generated[row, width:].tolist()[:limit]
-                if eos_id in tokens:
-                    tokens = tokens[: tokens.index(eos_id)]
-                outputs.append(tokens)
-    return outputs
-
-
-def weight_changes(
-    base_params: Mapping[str, Any],
-    merged_params: Mapping[str, Any],
-    adapted_types: set[str],
-    tolerance: float,
-) -> list[ModuleWeightChange]:
-    """Per module type: parameters whose merged value moved by more than `tolerance` x the tensor's RMS.
-
-    Why relative to RMS: a LoRA delta B@A is dense, so every element of a targeted matrix moves by some amount;
-    float32 holds about 7 significant digits (machine epsilon 1.2e-7), so a move below ~1e-6 of the tensor's typical
-    magnitude is at the rounding level of the merge itself and cannot be told from arithmetic noise. A zero delta
-    (an untrained adapter, whose B starts at zero) counts as no change at any tolerance.
-    """
-    totals: dict[str, dict[str, float]] = {}
-    for name, base in base_params.items():
-        if name not in merged_params:
-            raise ValueError(f"Parameter {name} of the base model is missing from the merged model")
-        module_type = module_type_of(name)
-        base32 = base.detach().float().cpu()
-        delta = merged_params[name].detach().float().cpu() - base32
-        scale = float(base32.pow(2).mean().sqrt()) if base32.numel() else 0.0
-        threshold = tolerance * scale if scale > 0 else tolerance
-        entry = totals.setdefault(
-            module_type, {"tensors": 0, "parameters": 0, "changed": 0, "d2": 0.0, "w2": 0.0, "max": 0.0}
-        )
-        entry["tensors"] += 1
-        entry["parameters"] += base32.numel()
-        entry["changed"] += int((delta.abs() > threshold).sum())
-        entry["d2"] += float(delta.pow(2).sum())
-        entry["w2"] += float(base32.pow(2).sum())
-        entry["max"] = max(entry["max"], float(delta.abs().max()) if delta.numel() else 0.0)
-        del delta, base32
-    order = {name: index for index, name in enumerate(MODULE_ORDER)}
-    return [
-        ModuleWeightChange(
-            module_type=module_type,
-            adapted=module_type in adapted_types,
-            tensors=int(entry["tensors"]),
-            parameters=int(entry["parameters"]),
-            changed=int(entry["changed"]),
-            relative_frobenius=math.sqrt(entry["d2"] / entry["w2"]) if entry["w2"] > 0 else 0.0,
-            max_abs_delta=entry["max"],
-        )
-        for module_type, entry in sorted(totals.items(), key=lambda item: (order.get(item[0], len(order)), item[0]))
-    ]
-
-
-def module_type_of(parameter_name: str) -> str:
-    """'model.layers.3.self_attn.q_proj.weight' -> 'q_proj'; 'lm_head.weight' -> 'lm_head'."""
-    parts = parameter_name.split(".")
-    return parts[-2] if len(parts) >= 2 else parts[0]
-
-
-def adapted_module_types(peft_model: Any) -> set[str]:
-    """Module types that carry an adapter layer (LoRA and friends) or a trained copy (modules_to_save)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    from peft.utils import ModulesToSaveWrapper
-
-    return {
-        name.split(".")[-1]
-        for name, module in peft_model.named_modules()
-        if isinstance(module, BaseTunerLayer | ModulesToSaveWrapper)
-    }
-
-
-def measure_weight_change(
-    peft_model: Any, base_params: Mapping[str, Any], tolerance: float
-) -> list[ModuleWeightChange]:
-    """Merge the adapter into a copy of `peft_model` and diff every parameter against `base_params`.
-
-    Args:
-        peft_model: the base model wrapped by peft (left unmerged).
-        base_params: `dict(base.named_parameters())` taken before peft wrapped the base.
-        tolerance: see `weight_changes`.
-    """
-    merged = copy.deepcopy(peft_model).merge_and_unload()
-    return weight_changes(base_params, dict(merged.named_parameters()), adapted_module_types(peft_model), tolerance)
+def adapter_weights_sha256(adapter_dir: Path) -> str:
+    """sha256 of the adapter's weights file ("" when the folder has none), to tie scores to the adapter."""
+    path = Path(adapter_dir) / ADAPTER_WEIGHTS_FILE
+    return sha256_file(path) if path.exists() else ""
 
 
 def load_base_model(base_model_dir: Path, device: str, dtype: str) -> tuple[Any, Any]:
@@ -519,7 +330,7 @@ def load_base_model(base_model_dir: Path, device: str, dtype: str) -> tuple[Any,
     if not (base_model_dir / "config.json").exists():
         raise FileNotFoundError(f"Base model folder {base_model_dir} has no config.json")
     model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=getattr(torch, dtype))
-    model.to(device).eval()
+    model = model.to(device).eval()  # type: ignore[arg-type]  # transformers' stubs type .to() too narrowly
     return model, load_tokenizer(base_model_dir)
 
 
@@ -530,24 +341,24 @@ class PreparedInputs:
     blocks: dict[str, list[list[int]]]  # source -> scored blocks
     documents: dict[str, int]  # source -> documents
     available_blocks: int
-    samples: list[tuple[TestRow, list[int], list[int]]]  # row, prompt ids, reference ids
+    samples: list[tuple[Chunk, list[int], list[int]]]  # chunk, prompt ids, reference ids
 
 
-def prepare_inputs(rows: list[TestRow], tokenizer: Any, config: EvalConfig) -> PreparedInputs:
+def prepare_inputs(rows: list[Chunk], tokenizer: Any, config: EvalConfig) -> PreparedInputs:
     """Pack each source's documents into blocks (bounded), and pick the continuation samples."""
     separator_id = document_separator_id(tokenizer)  # what training packs between documents: the same stream
     rng = random.Random(config.seed)
     by_source = _documents_by_source(rows)
     packed = {
-        source: pack_eval_blocks(
-            (
-                tokenizer(DOCUMENT_CHUNK_SEPARATOR.join(chunk.text for chunk in chunks), add_special_tokens=False)[
-                    "input_ids"
-                ]
-                for chunks in docs.values()
+        source: pack(
+            document_stream(
+                tokenize_texts(
+                    (DOCUMENT_CHUNK_SEPARATOR.join(c.text for c in chunks) for chunks in docs.values()), tokenizer
+                ),
+                separator_id,
             ),
             config.block_size,
-            separator_id,
+            keep_tail=True,
         )
         for source, docs in by_source.items()
     }
@@ -588,22 +399,21 @@ def prepare_inputs(rows: list[TestRow], tokenizer: Any, config: EvalConfig) -> P
 
 def _score_model(
     model: Any, prepared: PreparedInputs, config: EvalConfig, pad_id: int, eos_id: int
-) -> tuple[dict[str, tuple[float, int]], list[list[int]], float, float]:
-    """Loss sums per source, generated ids per sample, and the seconds each pass took."""
+) -> tuple[dict[str, list[Any]], list[list[int]], float, float]:
+    """Per-token NLL of every block per source, generated ids per sample, and the seconds each pass took."""
     started = time.perf_counter()
-    per_source = {}
-    for source, blocks in prepared.blocks.items():
-        losses = block_losses(model, blocks, config.batch_size, pad_id)
-        per_source[source] = (sum(nll for nll, _ in losses), sum(count for _, count in losses))
+    per_source = {
+        source: block_nll(model, blocks, config.batch_size, pad_id) for source, blocks in prepared.blocks.items()
+    }
     loss_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    generated = generate_continuations(
+    generated = greedy_decode(
         model,
         [prompt for _, prompt, _ in prepared.samples],
         [len(reference) for _, _, reference in prepared.samples],
-        config.generation_batch_size,
-        pad_id,
-        eos_id,
+        [eos_id],
+        batch_size=config.generation_batch_size,
+        pad_id=pad_id,
     )
     return per_source, generated, loss_seconds, time.perf_counter() - started
 
@@ -615,7 +425,7 @@ def _mean(values: list[float]) -> float:
 def evaluate_models(
     base_model_dir: Path | str,
     adapter_dir: Path | str,
-    test_rows: Iterable[Any],
+    test_rows: Iterable[Chunk],
     config: EvalConfig | None = None,
 ) -> EvalReport:
     """Score the base model and the base + adapter on the test split.
@@ -623,19 +433,20 @@ def evaluate_models(
     Args:
         base_model_dir: HF folder of the base model (safetensors + tokenizer).
         adapter_dir: peft adapter folder (adapter_config.json + weights) trained on that base.
-        test_rows: dicts or records with text, source and doc_id (chunk_id and chunk_index used when present).
+        test_rows: the test split's chunks (`types.Chunk`, as `lake.read_split` returns them).
         config: sampling, bounds and device; defaults to `EvalConfig()`.
 
     Returns:
-        An `EvalReport` with both models' scores, per-source perplexity, samples, weight change and timings.
+        An `EvalReport` with both models' scores, per-source perplexity, samples, timings, and the adapted model's
+        scored blocks (`report.scored`) for GGUF verification.
     """
     import torch
 
     config = config or EvalConfig()
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise FileNotFoundError(f"Adapter folder {adapter_dir} has no adapter_config.json")
-    rows = to_test_rows(test_rows)
+    if not (adapter_dir / ADAPTER_CONFIG_FILE).exists():
+        raise FileNotFoundError(f"Adapter folder {adapter_dir} has no {ADAPTER_CONFIG_FILE}")
+    rows = check_test_chunks(test_rows)
     if not rows:
         raise ValueError("The test split has no rows to evaluate")
     device = resolve_device(config.device)
@@ -649,7 +460,7 @@ def evaluate_models(
 
 
 def _run_evaluation(
-    base_model_dir: Path, adapter_dir: Path, rows: list[TestRow], config: EvalConfig, device: str
+    base_model_dir: Path, adapter_dir: Path, rows: list[Chunk], config: EvalConfig, device: str
 ) -> EvalReport:
     import torch
     from peft import PeftModel
@@ -660,7 +471,6 @@ def _run_evaluation(
 
     started = time.perf_counter()
     base, tokenizer = load_base_model(base_model_dir, device, config.dtype)
-    base_params = dict(base.named_parameters())  # the same tensors stay under peft's wrappers, unmodified
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     timings["load"] = time.perf_counter() - started
     eos_id = tokenizer.eos_token_id
@@ -686,33 +496,29 @@ def _run_evaluation(
     adapted_scores, adapted_bleu = score_texts(adapted_texts, references, device=device)
     timings["text_metrics"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    changes = measure_weight_change(model, base_params, config.change_tolerance)
-    timings["weight_change"] = time.perf_counter() - started
-
     per_source = []
     for source, blocks in prepared.blocks.items():
-        base_nll, tokens = base_losses[source]
-        adapted_nll, _ = adapted_losses[source]
+        base_nll = np.concatenate(base_losses[source]) if blocks else np.zeros(0)
+        adapted_nll = np.concatenate(adapted_losses[source]) if blocks else np.zeros(0)
         per_source.append(
             SourcePerplexity(
                 source=source,
                 documents=prepared.documents[source],
                 blocks=len(blocks),
-                tokens=tokens,
-                base_loss=base_nll / tokens if tokens else math.nan,
-                base_perplexity=perplexity(base_nll, tokens),
-                adapted_loss=adapted_nll / tokens if tokens else math.nan,
-                adapted_perplexity=perplexity(adapted_nll, tokens),
+                tokens=int(base_nll.size),
+                base_loss=float(base_nll.mean()) if base_nll.size else math.nan,
+                base_perplexity=perplexity(base_nll),
+                adapted_loss=float(adapted_nll.mean()) if adapted_nll.size else math.nan,
+                adapted_perplexity=perplexity(adapted_nll),
             )
         )
-    eval_tokens = sum(tokens for _, tokens in base_losses.values())
+    eval_tokens = sum(row.tokens for row in per_source)
 
     def scores(losses, texts_scores, bleu, loss_s, gen_s, ids) -> ModelScores:
-        nll = sum(value for value, _ in losses.values())
+        nll = np.concatenate([array for arrays in losses.values() for array in arrays])
         return ModelScores(
-            loss=nll / eval_tokens,
-            perplexity=perplexity(nll, eval_tokens),
+            loss=float(nll.mean()),
+            perplexity=perplexity(nll),
             bleu=bleu,
             sentence_bleu=_mean([s.bleu for s in texts_scores]),
             rouge1=_mean([s.rouge1 for s in texts_scores]),
@@ -724,6 +530,16 @@ def _run_evaluation(
             generated_tokens=sum(len(x) for x in ids),
         )
 
+    scored = ScoredBlocks(
+        model="adapted",
+        dtype=config.dtype,
+        block_size=config.block_size,
+        separator_id=document_separator_id(tokenizer),
+        sources=tuple(source for source, blocks in prepared.blocks.items() for _ in blocks),
+        blocks=tuple(tuple(block) for blocks in prepared.blocks.values() for block in blocks),
+        token_nll=tuple(tuple(float(v) for v in array) for arrays in adapted_losses.values() for array in arrays),
+        adapter_sha256=adapter_weights_sha256(adapter_dir),
+    )
     samples = [
         ContinuationSample(
             chunk_id=row.chunk_id,
@@ -748,7 +564,7 @@ def _run_evaluation(
         adapted=scores(adapted_losses, adapted_scores, adapted_bleu, adapted_loss_s, adapted_gen_s, adapted_ids),
         per_source=per_source,
         samples=samples,
-        weight_changes=changes,
+        scored=scored,
         test_rows=len(rows),
         test_documents=sum(prepared.documents.values()),
         eval_tokens=eval_tokens,
@@ -786,7 +602,7 @@ def _fmt_change(row: MetricRow) -> str:
 
 
 def markdown_table(report: EvalReport) -> str:
-    """Markdown: the metric table (metric | base | adapted | change), then per-source perplexity and weight change."""
+    """Markdown: the metric table (metric | base | adapted | change), then per-source perplexity."""
     lines = ["| metric | base | adapted | change |", "|---|---:|---:|---:|"]
     for row in metric_rows(report):
         lines.append(
@@ -806,24 +622,11 @@ def markdown_table(report: EvalReport) -> str:
             f"| {row.source} | {row.documents} | {row.tokens} | {_fmt(row.base_perplexity, 2)} | "
             f"{_fmt(row.adapted_perplexity, 2)} | {_fmt(row.change_pct, 1)}% |"
         )
-    lines += [
-        "",
-        "| module | adapted | parameters | changed | share changed | relative change (Frobenius) |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for row in report.weight_changes:
-        lines.append(
-            f"| {row.module_type} | {'yes' if row.adapted else 'no'} | {row.parameters:,} | {row.changed:,} | "
-            f"{100 * row.share_changed:.2f}% | {row.relative_frobenius:.3e} |"
-        )
-    lines.append(
-        f"| **all** | | {report.parameters:,} | {report.changed_parameters:,} | {100 * report.share_changed:.2f}% | |"
-    )
     return "\n".join(lines) + "\n"
 
 
 def rich_table(report: EvalReport, width: int = 110) -> str:
-    """The comparison, per-source and weight-change tables rendered as plain text for the run log."""
+    """The comparison and per-source tables rendered as plain text for the run log."""
     from rich.console import Console
     from rich.table import Table
 
@@ -848,18 +651,6 @@ def rich_table(report: EvalReport, width: int = 110) -> str:
             _fmt(row.change_pct, 1),
         )
     console.print(sources)
-    weights = Table(title="Weight change of the merged adapter")
-    for column in ("module", "adapted", "parameters", "changed %", "rel. Frobenius"):
-        weights.add_column(column, justify="left" if column in ("module", "adapted") else "right")
-    for row in report.weight_changes:
-        weights.add_row(
-            row.module_type,
-            "yes" if row.adapted else "no",
-            f"{row.parameters:,}",
-            f"{100 * row.share_changed:.2f}",
-            f"{row.relative_frobenius:.3e}",
-        )
-    console.print(weights)
     return buffer.getvalue()
 
 
@@ -915,15 +706,21 @@ def draw_chart(report: EvalReport, path: Path) -> None:
 
 
 def write_report(report: EvalReport, out_dir: Path | str) -> ReportFiles:
-    """Write report.json (every figure), report.md and model_comparison.png into `out_dir`, each atomically."""
+    """Write report.json (every figure), report.md, model_comparison.png and scores.json into `out_dir`, atomically.
+
+    scores.json (the adapted model's scored blocks) is written when the report carries them.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(
-        json_path=out_dir / "report.json",
-        markdown_path=out_dir / "report.md",
-        chart_path=out_dir / "model_comparison.png",
+        json_path=out_dir / EVAL_REPORT_JSON,
+        markdown_path=out_dir / EVAL_REPORT_MD,
+        chart_path=out_dir / EVAL_CHART,
+        scores_path=out_dir / EVAL_SCORES if report.scored is not None else None,
         markdown=markdown_table(report),
     )
+    if report.scored is not None and files.scores_path is not None:
+        write_scored_blocks(report.scored, files.scores_path)
     with atomic_path(files.json_path) as tmp:
         tmp.write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     with atomic_path(files.markdown_path) as tmp:

@@ -69,6 +69,7 @@ from cpt_assets.lib.llama_tools import (
     python_env,
     run_tool,
 )
+from cpt_assets.lib.types import ScoredBlocks
 
 log = logging.getLogger(__name__)
 
@@ -700,6 +701,7 @@ def export_gguf(
     stem: str = "model",
     train_texts: Sequence[str] = (),
     sources: LlamaCpp | None = None,
+    scored: ScoredBlocks | None = None,
 ) -> GGUFExport:
     """F16 GGUF by llama.cpp's converter, candidate quantizations measured by KLD, verification, Modelfile.
 
@@ -717,6 +719,8 @@ def export_gguf(
         stem: file name stem.
         train_texts: train-split texts for the domain importance matrix (needed when config.use_imatrix).
         sources: llama.cpp sources and tools; those of the installed llama-cpp-python if None.
+        scored: the evaluation's scored test blocks (lake.read_scored_blocks); llama.cpp then scores those very
+            blocks and the HF perplexity is the eval report's (block_size/max_blocks do not apply).
     """
     config = config or GGUFExportConfig()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -736,7 +740,7 @@ def export_gguf(
     context, chunks = chunk_plan(_token_count(model_dir, test), config.kld_context, config.kld_max_tokens)
 
     reference = hf_reference(
-        model_dir, texts, config.prompts, config.block_size, config.max_blocks, config.max_new_tokens
+        model_dir, texts, config.prompts, config.block_size, config.max_blocks, config.max_new_tokens, scored=scored
     )
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)

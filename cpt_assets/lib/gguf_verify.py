@@ -6,8 +6,12 @@ with the Hugging Face model it came from, on the same token blocks:
 - tokenization: llama.cpp's tokens for each test text must equal the HF tokenizer's;
 - perplexity: both score identical token blocks (HF's tokens), so the drift measures the weights alone;
 - greedy completions of a few prompts, side by side, for a human to read.
-The HF side is computed once (`hf_reference`) and shared by every GGUF of one export. The check functions at the end
-are pure, so the asset checks only wrap them.
+Blocks, per-token loss, perplexity and greedy decoding are the scoring core's (`scoring.py`), the same code the
+evaluation uses. When the evaluation's `ScoredBlocks` (the adapted model's test blocks and per-token NLL, from the
+lake) are passed, the HF side is not recomputed: llama.cpp scores the very blocks the eval report scored, so the
+"HF perplexity" here is the eval report's adapted test perplexity, one figure. The HF side is computed once
+(`hf_reference`) and shared by every GGUF of one export. The check functions at the end are pure, so the asset
+checks only wrap them.
 """
 
 from __future__ import annotations
@@ -22,11 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
-from cpt_assets.lib.metrics import perplexity
+from cpt_assets.lib.scoring import (
+    block_nll,
+    document_separator_id,
+    document_stream,
+    greedy_decode,
+    pack,
+    perplexity,
+    token_nll,
+    tokenize_texts,
+)
+from cpt_assets.lib.types import ScoredBlocks
 
 log = logging.getLogger(__name__)
 
-MIN_BLOCK_TOKENS = 16  # a trailing block shorter than this is dropped (too few tokens for a stable perplexity)
+MIN_BLOCK_TOKENS = 16  # without eval scores: a trailing block shorter than this is dropped (unstable perplexity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +72,7 @@ class HFReference:
     eos_token_id: int | None
     max_new_tokens: int
     seconds: float
+    from_eval: bool = False  # blocks and NLL are the evaluation's (ScoredBlocks), not computed here
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,29 +101,6 @@ class Fidelity:
         return sum(c.identical for c in self.completions)
 
 
-def make_blocks(
-    token_lists: Sequence[Sequence[int]], block_size: int, max_blocks: int, min_tokens: int = MIN_BLOCK_TOKENS
-) -> list[list[int]]:
-    """Concatenate token lists and cut them into at most `max_blocks` blocks of `block_size` tokens.
-
-    A trailing block shorter than `min_tokens` is dropped.
-    """
-    if block_size < 2 or max_blocks < 1:
-        raise ValueError(f"block_size must be >= 2 and max_blocks >= 1, got {block_size} and {max_blocks}")
-    stream = [token for tokens in token_lists for token in tokens]
-    blocks = [stream[i : i + block_size] for i in range(0, len(stream), block_size)][:max_blocks]
-    return [block for block in blocks if len(block) >= min(min_tokens, block_size)]
-
-
-def _token_nll(logits: np.ndarray, tokens: Sequence[int]) -> np.ndarray:
-    """NLL of tokens[1:] under logits[:-1] (one row per position)."""
-    rows = np.asarray(logits[: len(tokens) - 1], dtype=np.float32)
-    peak = rows.max(axis=1, keepdims=True)
-    log_z = np.log(np.exp(rows - peak).sum(axis=1, dtype=np.float64)) + peak[:, 0]
-    targets = np.asarray(tokens[1:])
-    return log_z - rows[np.arange(len(targets)), targets]
-
-
 def hf_reference(
     hf_model_dir: Path,
     texts: Sequence[str],
@@ -116,11 +108,18 @@ def hf_reference(
     block_size: int = 256,
     max_blocks: int = 8,
     max_new_tokens: int = 32,
+    *,
+    scored: ScoredBlocks | None = None,
 ) -> HFReference:
     """Tokenize the texts, score the token blocks and complete the prompts with the merged HF model (float32).
 
+    With `scored` (the evaluation's adapted-model blocks, float32), its blocks and per-token NLL are taken as they
+    are (block_size and max_blocks do not apply); computed in another dtype, the same blocks are rescored in float32.
+    Without it, the texts are packed as documents the evaluation's way (scoring core, separator after each) into at
+    most `max_blocks` blocks of `block_size`.
+
     Raises:
-        ValueError: the texts give no block of at least MIN_BLOCK_TOKENS tokens.
+        ValueError: the texts (or `scored`) give no block of at least MIN_BLOCK_TOKENS tokens.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -128,50 +127,50 @@ def hf_reference(
     started = time.perf_counter()
     hf_model_dir = Path(hf_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(hf_model_dir))
-    text_tokens = [tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
-    blocks = make_blocks(text_tokens, block_size, max_blocks)
+    text_tokens = [tuple(ids) for ids in tokenize_texts(texts, tokenizer)]
+    if scored is not None:
+        blocks = [list(block) for block in scored.blocks]
+    else:
+        stream = document_stream(text_tokens, document_separator_id(tokenizer))
+        blocks = pack(stream, block_size, keep_tail=True, min_tail=MIN_BLOCK_TOKENS, max_blocks=max_blocks)
     if not blocks:
         total = sum(len(t) for t in text_tokens)
         raise ValueError(f"Verification texts give {total} tokens; at least {MIN_BLOCK_TOKENS} are needed")
 
-    # On the GPU when there is one: a training step earlier in the same process may have patched the model classes
-    # with Liger's Triton kernels, which run on CUDA tensors only.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(str(hf_model_dir), dtype=torch.float32).to(device)
-    model.eval()
-    nll: list[float] = []
-    with torch.no_grad():
-        for block in blocks:
-            logits = model(input_ids=torch.tensor([block], device=device)).logits[0].float().cpu().numpy()
-            nll.extend(_token_nll(logits, block).tolist())
+    reuse = scored is not None and scored.dtype == "float32"
+    model = None
+    if not reuse or prompts:
+        # On the GPU when there is one: a training step earlier in the same process may have patched the model
+        # classes with Liger's Triton kernels, which run on CUDA tensors only.
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = AutoModelForCausalLM.from_pretrained(str(hf_model_dir), dtype=torch.float32).to(device).eval()
+    if reuse and scored is not None:
+        nll = scored.flat_nll()
+    else:
+        assert model is not None
+        eos_pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        nll = [float(v) for row in block_nll(model, blocks, 1, int(eos_pad)) for v in row]
 
     eos = tokenizer.eos_token_id
-    prompt_tokens = [tuple(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    completions = []
-    with torch.no_grad():
-        for tokens in prompt_tokens:
-            output = model.generate(
-                torch.tensor([tokens], device=device),
-                attention_mask=torch.ones(1, len(tokens), dtype=torch.long, device=device),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=eos,
-            )
-            completions.append(tokenizer.decode(output[0, len(tokens) :].cpu(), skip_special_tokens=True))
+    prompt_tokens = [tuple(ids) for ids in tokenize_texts(prompts, tokenizer)]
+    completions: list[str] = []
+    if prompt_tokens and model is not None:
+        generated = greedy_decode(model, prompt_tokens, max_new_tokens, [eos])
+        completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in generated]
     return HFReference(
         model_dir=hf_model_dir,
         texts=tuple(texts),
         text_tokens=tuple(text_tokens),
         blocks=tuple(tuple(b) for b in blocks),
         token_nll=tuple(nll),
-        perplexity=perplexity(sum(nll), len(nll)),
+        perplexity=perplexity(nll),
         prompts=tuple(prompts),
         prompt_tokens=tuple(prompt_tokens),
         completions=tuple(completions),
         eos_token_id=eos,
         max_new_tokens=max_new_tokens,
         seconds=time.perf_counter() - started,
+        from_eval=reuse,
     )
 
 
@@ -202,7 +201,7 @@ def open_llama(gguf_path: Path, **kwargs):
     import llama_cpp.llama as llama_module
     from llama_cpp import Llama
 
-    lib = llama_module.llama_cpp
+    lib = llama_module.llama_cpp  # pyright: ignore[reportPrivateImportUsage]  # the ctypes module llama.py uses
     default_params = lib.llama_model_default_params
 
     def without_repack():
@@ -252,6 +251,7 @@ def verify_gguf(
     prompts: Sequence[str] = (),
     *,
     reference: HFReference | None = None,
+    scored: ScoredBlocks | None = None,
     block_size: int = 256,
     max_blocks: int = 8,
     max_new_tokens: int = 32,
@@ -267,7 +267,7 @@ def verify_gguf(
     if reference is None:
         if hf_model_dir is None:
             raise ValueError("verify_gguf needs either reference= or hf_model_dir")
-        reference = hf_reference(hf_model_dir, texts, prompts, block_size, max_blocks, max_new_tokens)
+        reference = hf_reference(hf_model_dir, texts, prompts, block_size, max_blocks, max_new_tokens, scored=scored)
     started = time.perf_counter()
     longest_prompt = max((len(p) for p in reference.prompt_tokens), default=0)
     n_ctx = max(max(len(b) for b in reference.blocks), longest_prompt + reference.max_new_tokens) + 8
@@ -322,26 +322,17 @@ def verify_gguf(
         for block in reference.blocks:
             llm.reset()
             llm.eval(list(block))
-            nll.extend(_token_nll(np.asarray(llm.scores[: len(block)]), block).tolist())
-        gguf_ppl = perplexity(sum(nll), len(nll))
+            nll.extend(token_nll(np.asarray(llm.scores[: len(block)]), block).tolist())
+        gguf_ppl = perplexity(nll)
         diffs = np.abs(np.asarray(nll) - np.asarray(reference.token_nll))
 
-        eos = llm.token_eos()
-        completions = []
-        for prompt, tokens, hf_text in zip(
-            reference.prompts, reference.prompt_tokens, reference.completions, strict=True
-        ):
-            llm.reset()
-            llm.eval(list(tokens))
-            generated: list[int] = []
-            for _ in range(reference.max_new_tokens):
-                token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-                if token == eos or token == reference.eos_token_id:
-                    break
-                generated.append(token)
-                llm.eval([token])
-            text = llm.detokenize(generated).decode("utf-8", errors="replace")
-            completions.append(Completion(prompt=prompt, hf=hf_text, gguf=text))
+        generated = greedy_decode(
+            llm, reference.prompt_tokens, reference.max_new_tokens, [llm.token_eos(), reference.eos_token_id]
+        )
+        completions = [
+            Completion(prompt=prompt, hf=hf_text, gguf=llm.detokenize(ids).decode("utf-8", errors="replace"))
+            for prompt, hf_text, ids in zip(reference.prompts, reference.completions, generated, strict=True)
+        ]
     finally:
         llm.close()
 

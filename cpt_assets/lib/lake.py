@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import types
@@ -27,7 +28,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cpt_assets.lib.types import Chunk, DroppedChunk, Page, PageFailure, RawDocument, to_rows
+from cpt_assets.lib.types import Chunk, DroppedChunk, Page, PageFailure, RawDocument, ScoredBlocks, to_rows
 
 # Views the query layer exposes: name -> (stage folder, file name).
 PARTITIONED_TABLES: dict[str, tuple[str, str]] = {
@@ -38,6 +39,21 @@ PARTITIONED_TABLES: dict[str, tuple[str, str]] = {
     "dropped_chunks": ("chunks", "dropped.parquet"),
 }
 SPLIT_NAMES = ("train", "validation", "test")
+# Model artefacts written per version: <kind folder>/versions/<version>/, and <kind folder>/latest -> that version.
+VERSIONED_KINDS: dict[str, tuple[str, ...]] = {
+    "merged": ("models", "merged"),
+    "eval": ("eval",),
+    "gguf": ("gguf",),
+}
+VERSIONS_FOLDER = "versions"
+LATEST_LINK = "latest"
+ADAPTER_CONFIG_FILE = "adapter_config.json"  # peft's name for the adapter config inside the adapter folder
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # peft's name for the adapter weights inside the adapter folder
+# File names inside the eval folder (written by evaluation.write_report).
+EVAL_REPORT_JSON = "report.json"
+EVAL_REPORT_MD = "report.md"
+EVAL_CHART = "model_comparison.png"
+EVAL_SCORES = "scores.json"  # the adapted model's ScoredBlocks: GGUF verification scores these very blocks
 
 _ARROW_TYPES: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64(), bool: pa.bool_(), float: pa.float64()}
 
@@ -91,6 +107,12 @@ def atomic_path(target: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def content_version(*parts: Any) -> str:
+    """A short, stable version id from the inputs that determine an artefact (hashes, configs as JSON-able data)."""
+    payload = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
 
 
 def write_table(table: pa.Table, path: Path) -> Path:
@@ -227,6 +249,11 @@ class Lake:
         return self.models_dir / "adapter"
 
     @property
+    def tokenizer_cache_dir(self) -> Path:
+        """The default base model's tokenizer, extracted once, for chunking before base_model is materialised."""
+        return self.models_dir / "tokenizer-cache"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.models_dir / "checkpoints"
 
@@ -234,17 +261,62 @@ class Lake:
     def training_chart_path(self) -> Path:
         return self.models_dir / "training_loss.png"
 
+    # ---- versioned model artefacts ----------------------------------------------------------------------------
+    def kind_dir(self, kind: str) -> Path:
+        """The folder holding every version of one artefact kind ("merged", "eval", "gguf")."""
+        if kind not in VERSIONED_KINDS:
+            raise ValueError(f"Unknown versioned artefact kind {kind!r}; known: {sorted(VERSIONED_KINDS)}")
+        return self.root.joinpath(*VERSIONED_KINDS[kind])
+
+    def version_dir(self, kind: str, version: str) -> Path:
+        """Where one version of an artefact is written; it is never overwritten by another version."""
+        if not version or "/" in version or version.startswith("."):
+            raise ValueError(f"Bad version id {version!r} for {kind}: a non-empty name without '/'")
+        return self.kind_dir(kind) / VERSIONS_FOLDER / version
+
+    def latest_dir(self, kind: str) -> Path:
+        """The stable path of the newest published version (a symlink to versions/<version>)."""
+        return self.kind_dir(kind) / LATEST_LINK
+
+    def publish_latest(self, kind: str, version: str) -> Path:
+        """Point `latest` at an existing version, atomically (a new symlink renamed over the old one)."""
+        target = self.version_dir(kind, version)
+        if not target.is_dir():
+            raise FileNotFoundError(f"Cannot publish {kind} version {version}: {target} does not exist")
+        link = self.latest_dir(kind)
+        tmp = link.with_name(f".{LATEST_LINK}.tmp-{uuid.uuid4().hex[:8]}")
+        os.symlink(Path(VERSIONS_FOLDER) / version, tmp, target_is_directory=True)  # relative: the lake can move
+        os.replace(tmp, link)
+        return target
+
+    def versions(self, kind: str) -> list[str]:
+        """Every written version of a kind, sorted by name."""
+        folder = self.kind_dir(kind) / VERSIONS_FOLDER
+        return (
+            sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            if folder.is_dir()
+            else []
+        )
+
     @property
     def merged_model_dir(self) -> Path:
-        return self.models_dir / "merged"
+        """The latest merged model (read side); write a version with version_dir("merged", ...)."""
+        return self.latest_dir("merged")
 
     @property
     def eval_dir(self) -> Path:
-        return self.root / "eval"
+        """The latest eval report (read side); write a version with version_dir("eval", ...)."""
+        return self.latest_dir("eval")
+
+    @property
+    def eval_scores_path(self) -> Path:
+        """The adapted model's scored test blocks, written by eval_report, read by gguf_model."""
+        return self.eval_dir / EVAL_SCORES
 
     @property
     def gguf_dir(self) -> Path:
-        return self.root / "gguf"
+        """The latest GGUF export (read side); write a version with version_dir("gguf", ...)."""
+        return self.latest_dir("gguf")
 
     # ---- DuckDB query layer ------------------------------------------------------------------------------------
     def view_sql(self) -> list[str]:
@@ -301,3 +373,36 @@ def write_splits(lake: Lake, rows: dict[str, list[Chunk]], assignments: list[Any
 
 def read_split(lake: Lake, split: str) -> list[Chunk]:
     return read_records(lake.split_path(split), Chunk)
+
+
+def write_scored_blocks(scored: ScoredBlocks, path: Path) -> Path:
+    """ScoredBlocks as JSON, atomically."""
+    data = {field.name: getattr(scored, field.name) for field in fields(ScoredBlocks)}
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(json.dumps(data, allow_nan=False), encoding="utf-8")
+    return Path(path)
+
+
+def read_scored_blocks(path: Path) -> ScoredBlocks | None:
+    """The ScoredBlocks written by `write_scored_blocks`, or None when the file does not exist.
+
+    Raises:
+        ValueError: the file is not a ScoredBlocks JSON (names the file).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return ScoredBlocks(
+            model=str(data["model"]),
+            dtype=str(data["dtype"]),
+            block_size=int(data["block_size"]),
+            separator_id=int(data["separator_id"]),
+            sources=tuple(data["sources"]),
+            blocks=tuple(tuple(int(t) for t in block) for block in data["blocks"]),
+            token_nll=tuple(tuple(float(v) for v in nll) for nll in data["token_nll"]),
+            adapter_sha256=str(data.get("adapter_sha256", "")),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a scored-blocks file: {error}") from error

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpt_assets.lib.lake import atomic_path, sha256_file
+from cpt_assets.lib.lake import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = ("adapter_model.safetensors",)
+ADAPTER_CONFIG = ADAPTER_CONFIG_FILE
+ADAPTER_WEIGHTS = (ADAPTER_WEIGHTS_FILE,)
 PEFT_PREFIX = "base_model.model."
 # LoRA factor tensors: module path, factor kind. Linear layers save `.lora_A.weight`, embeddings `.lora_embedding_A`.
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.weight)?$")

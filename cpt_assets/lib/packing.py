@@ -1,7 +1,8 @@
 """Pack documents into fixed-length token blocks for causal-LM continual pretraining.
 
 The recipe is Hugging Face's `run_clm.py` (`tokenize_function` + `group_texts`, batched `datasets.map`), which the
-seed notebooks follow too: every document is tokenized without special tokens and followed by a document separator,
+seed notebooks follow too; the stream and the cut are `scoring.document_stream` and `scoring.pack`, shared with
+evaluation: every document is tokenized without special tokens and followed by a document separator,
 the token streams are concatenated and cut into blocks of exactly `block_size` tokens. No block is padded, so no
 compute is spent on pad tokens; the tail of each map batch that does not fill a block is dropped, and we count those
 tokens so a user sees what was left out. Labels are a copy of the inputs (the model shifts them), and nothing is
@@ -20,14 +21,12 @@ import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
-from cpt_assets.lib.cleaning import DOCUMENT_SEPARATOR
+from cpt_assets.lib.scoring import document_separator_id, document_stream, document_texts, pack, tokenize_texts
 
 log = logging.getLogger(__name__)
 
-DOCUMENT_CHUNK_SEPARATOR = "\n\n"  # how the chunks of one document are joined before tokenizing
 DEFAULT_MAP_BATCH = 1000  # documents per `datasets.map` batch, as in run_clm.py
 
 
@@ -54,32 +53,6 @@ class PackedBlocks:
         for batch in self.dataset.with_format("numpy").iter(batch_size=1024):
             digest.update(batch["input_ids"].astype("int32").tobytes())
         return digest.hexdigest()
-
-
-def document_separator_id(tokenizer: Any) -> int:
-    """The id of `<|endoftext|>` (cleaning.DOCUMENT_SEPARATOR) when the tokenizer has it, else the EOS id.
-
-    Raises:
-        ValueError: the tokenizer has neither.
-    """
-    token_id = tokenizer.get_vocab().get(DOCUMENT_SEPARATOR)
-    if token_id is not None:
-        return int(token_id)
-    if tokenizer.eos_token_id is None:
-        raise ValueError(
-            f"The tokenizer {type(tokenizer).__name__} has neither {DOCUMENT_SEPARATOR} nor an EOS token "
-            "to separate documents"
-        )
-    return int(tokenizer.eos_token_id)
-
-
-def document_texts(texts_by_doc: Mapping[str, Sequence[str]] | Sequence[str]) -> list[str]:
-    """One string per document: a mapping doc id -> ordered chunk texts is joined per document; a list passes."""
-    if isinstance(texts_by_doc, Mapping):
-        return [DOCUMENT_CHUNK_SEPARATOR.join(chunks) for chunks in texts_by_doc.values()]
-    if isinstance(texts_by_doc, str):
-        raise TypeError("texts_by_doc must be a list of document texts or a mapping doc id -> chunk texts, not a str")
-    return list(texts_by_doc)
 
 
 def pack_blocks(
@@ -111,13 +84,11 @@ def pack_blocks(
     texts = [text for text in all_texts if text.strip()]
 
     def tokenize(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
-        encoded = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [ids + [separator] for ids in encoded]}
+        return {"input_ids": [ids + [separator] for ids in tokenize_texts(batch["text"], tokenizer)]}
 
     def group_texts(batch: dict[str, list[list[int]]]) -> dict[str, list]:
-        stream = list(chain.from_iterable(batch["input_ids"]))
-        usable = (len(stream) // block_size) * block_size
-        blocks = [stream[i : i + block_size] for i in range(0, usable, block_size)]
+        # Each document already ends with its separator (added in tokenize), so the stream adds none.
+        blocks = pack(document_stream(batch["input_ids"], None), block_size)
         return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
 
     documents = Dataset.from_dict({"text": texts})

@@ -44,7 +44,8 @@ from typing import Any
 from cpt_assets.lib.base_model import has_weights
 from cpt_assets.lib.checkpoints import ResumePlan, plan_resume
 from cpt_assets.lib.lake import atomic_path
-from cpt_assets.lib.packing import document_texts, pack_blocks
+from cpt_assets.lib.packing import pack_blocks
+from cpt_assets.lib.scoring import document_texts
 
 log = logging.getLogger(__name__)
 

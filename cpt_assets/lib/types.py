@@ -119,6 +119,42 @@ class DroppedChunk:
     reason: str  # "empty", "duplicate", "too_short", ...
 
 
+@dataclass(frozen=True, slots=True)
+class ScoredBlocks:
+    """Token blocks of the test split and one model's per-token NLL on them.
+
+    Written by the evaluation (the adapted model, the figure eval_report shows) and read by GGUF verification, which
+    scores these very blocks with llama.cpp: one HF test perplexity per model, computed once.
+    """
+
+    model: str  # which model's losses: "adapted"
+    dtype: str  # torch dtype the losses were computed in ("float32", ...)
+    block_size: int
+    separator_id: int  # the document separator in the stream (scoring.document_separator_id)
+    sources: tuple[str, ...]  # the source of each block
+    blocks: tuple[tuple[int, ...], ...]  # token ids
+    token_nll: tuple[tuple[float, ...], ...]  # NLL of tokens[1:] of each block (nats)
+    adapter_sha256: str = ""  # the adapter weights scored: a consumer checks it is the adapter it has
+
+    def __post_init__(self) -> None:
+        if not len(self.sources) == len(self.blocks) == len(self.token_nll):
+            raise ValueError(
+                f"ScoredBlocks needs one source and one NLL row per block, got {len(self.sources)} sources, "
+                f"{len(self.blocks)} blocks and {len(self.token_nll)} NLL rows"
+            )
+        for index, (block, nll) in enumerate(zip(self.blocks, self.token_nll, strict=True)):
+            if len(nll) != len(block) - 1:
+                raise ValueError(f"ScoredBlocks block {index} has {len(block)} tokens but {len(nll)} NLL values")
+
+    @property
+    def tokens(self) -> int:
+        """Predicted (scored) tokens over all blocks."""
+        return sum(len(nll) for nll in self.token_nll)
+
+    def flat_nll(self) -> list[float]:
+        return [value for nll in self.token_nll for value in nll]
+
+
 def to_rows(records: list[Any]) -> list[dict[str, Any]]:
     """Dataclasses to plain dicts, Paths as strings, for parquet."""
     rows = []

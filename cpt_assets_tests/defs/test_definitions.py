@@ -30,12 +30,12 @@ def test_definitions_load_with_the_whole_graph_in_order():
     assert keys == set(GRAPH)
     upstream = {
         "page_text": {"raw_pdfs"},
-        "clean_chunks": {"page_text"},
+        "clean_chunks": {"page_text", "base_model"},  # chunks are sized in the base model's tokens
         "corpus_splits": {"clean_chunks"},
         "lora_adapter": {"corpus_splits", "base_model"},
-        "eval_report": {"lora_adapter"},
+        "eval_report": {"base_model", "corpus_splits", "lora_adapter"},  # every asset it reads
         "merged_model": {"lora_adapter", "base_model"},
-        "gguf_model": {"merged_model", "corpus_splits", "base_model", "lora_adapter"},  # provenance reads both
+        "gguf_model": {"merged_model", "corpus_splits", "base_model", "lora_adapter", "eval_report"},
     }
     for asset, parents in upstream.items():
         assert {p.to_user_string() for p in graph.get(dg.AssetKey(asset)).parent_keys} == parents
@@ -47,6 +47,31 @@ def test_gpu_steps_run_in_the_gpu_pool_with_no_import_time_device():
         assert node.pool == "gpu"
         assert node.tags["cpt/accelerator"] == "gpu"
         assert "cpt/device" not in node.tags  # decided when the step runs, as a run tag
+
+
+def test_leakage_check_blocks_and_chunker_is_versioned():
+    from cpt_assets.lib.chunking import CHUNKER_VERSION
+
+    splits = defs.resolve_assets_def("corpus_splits")
+    specs = {spec.name: spec for spec in splits.check_specs}
+    assert specs["no_document_in_two_splits"].blocking
+    assert not specs["split_ratios_within_tolerance"].blocking
+    chunks = defs.resolve_assets_def("clean_chunks")
+    assert chunks.code_versions_by_key[dg.AssetKey("clean_chunks")] == f"chunker-{CHUNKER_VERSION}"
+
+
+def test_launchpad_config_is_nested_described_and_offers_choices():
+    from dagster._config.pythonic_config import infer_schema_from_config_class
+
+    from cpt_assets.defs.corpus.assets import CleanChunksConfig
+    from cpt_assets.defs.evaluation.assets import EvalRunConfig
+
+    fields = infer_schema_from_config_class(CleanChunksConfig).config_type.fields
+    assert {"cleaning", "quality", "dedup"} <= set(fields)
+    assert fields["cleaning"].config_type.fields["edge_lines"].description.startswith("non-empty lines at the top")
+    assert all(field.description for field in fields.values())
+    eval_fields = infer_schema_from_config_class(EvalRunConfig).config_type.fields
+    assert eval_fields["block_size"].description.startswith("tokens per packed block")
     corpus_node = defs.resolve_assets_def("page_text").node_def
     assert corpus_node.pool is None
 

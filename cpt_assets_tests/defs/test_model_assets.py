@@ -4,6 +4,7 @@ evaluation report, merged model and a GGUF that llama.cpp loads, each with its m
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -76,7 +77,8 @@ def test_eval_report_compares_base_and_adapted_with_a_check(model_run, corpus_la
     report = materialization(model_run, "eval_report")
     assert report["base_perplexity"] > 1 and report["adapted_perplexity"] > 1
     assert report["test_documents"] >= 1 and report["samples"] == 2
-    assert 0 < report["share_of_parameters_changed"] < 1
+    assert "share_of_parameters_changed" not in report  # weight change is shown once, on merged_model
+    assert 0 < materialization(model_run, "merged_model")["changed_parameters_share"] < 1
     assert "data:image/png;base64," in report["model_comparison"]
     written = json.loads((corpus_lake.lake.eval_dir / "report.json").read_text())
     assert written["base"]["perplexity"] == pytest.approx(report["base_perplexity"], rel=1e-3)
@@ -94,8 +96,15 @@ def test_gguf_loads_in_llama_cpp_and_carries_its_provenance(model_run, corpus_la
     assert checks["gguf_perplexity_within_bound"].passed, checks["gguf_perplexity_within_bound"].description
     assert checks["gguf_kld_within_bound"].passed, checks["gguf_kld_within_bound"].description
     gguf = materialization(model_run, "gguf_model")
-    target = corpus_lake.lake.gguf_dir / "model-Q8_0.gguf"
-    assert gguf["gguf_path"] == str(target) and target.exists()
+    # One HF test perplexity: gguf_model scores eval_report's blocks and shows the eval report's adapted figure.
+    assert gguf["hf_perplexity_from"] == "eval_report (same blocks)"
+    assert gguf["hf_perplexity"] == pytest.approx(
+        materialization(model_run, "eval_report")["adapted_perplexity"], rel=1e-3
+    )
+    target = corpus_lake.lake.gguf_dir / "model-Q8_0.gguf"  # through the stable "latest" pointer
+    versioned = corpus_lake.lake.version_dir("gguf", gguf["version"]) / "model-Q8_0.gguf"
+    assert gguf["gguf_path"] == str(versioned) and target.exists()
+    assert target.resolve() == versioned.resolve()
     provenance = read_provenance(target)
     assert provenance["cpt.merged_model.sha256"].startswith(merged["weights_sha256"])  # the UI shows 12 characters
     latest_splits = corpus_lake.instance.get_latest_materialization_event(dg.AssetKey("corpus_splits"))
@@ -106,9 +115,14 @@ def test_gguf_loads_in_llama_cpp_and_carries_its_provenance(model_run, corpus_la
 
 
 def test_eval_without_continuations_reports_null_text_scores(model_run, corpus_lake):
+    first = materialization(model_run, "eval_report")
     config = {**TINY_EVAL, "max_samples": 0}
     result = corpus_lake.materialize([eval_report], run_config={"ops": {"eval_report": {"config": config}}})
     assert result.success
     report = materialization(result, "eval_report")
     assert "base_bleu" not in report and report["samples"] == 0  # not computed: left out, never "None"
     assert report["base_perplexity"] > 1
+    # Per-version folders: the first materialisation's report is still where its metadata says, latest is the new one.
+    assert report["version"] != first["version"]
+    assert json.loads(Path(first["report_json"]).read_text())["config"]["max_samples"] == TINY_EVAL["max_samples"]
+    assert (corpus_lake.lake.eval_dir / "report.json").resolve() == Path(report["report_json"]).resolve()

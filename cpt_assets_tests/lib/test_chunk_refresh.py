@@ -99,3 +99,39 @@ def test_a_copy_of_a_reused_chunk_in_a_new_document_is_dropped_as_duplicate(run)
     assert result.rechunked == ["src/z"]
     assert not any(c.doc_id == "src/z" for c in result.chunks)
     assert {d.reason for d in result.dropped if d.doc_id == "src/z"} == {"duplicate"}
+
+
+# ---- the tokenizer comes from the base model (issue #8) -------------------------------------------------------
+def test_chunk_tokenizer_is_the_base_models_once_materialised(tmp_path, tokenizer_dir):
+    import shutil
+
+    from cpt_assets.lib.base_model import load_tokenizer
+    from cpt_assets.lib.chunk_refresh import chunk_tokenizer_dir, tokenizer_hash
+    from cpt_assets.lib.lake import Lake
+
+    lake = Lake(tmp_path / "lake")
+    folder, origin = chunk_tokenizer_dir(lake)
+    assert folder == lake.tokenizer_cache_dir and "not materialised" in origin  # the cache lives in the lake
+    assert (folder / "tokenizer.json").exists()
+    shutil.copytree(tokenizer_dir, lake.base_model_dir)
+    assert chunk_tokenizer_dir(lake) == (lake.base_model_dir, "the base_model asset")
+    assert chunk_tokenizer_dir(lake, str(tokenizer_dir)) == (tokenizer_dir, "the configured folder")
+    before = tokenizer_hash(lake.base_model_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)  # a private copy: the session fixture stays untouched
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|new_model|>"]})
+    tokenizer.save_pretrained(str(lake.base_model_dir))  # another base model: other tokenizer files
+    assert tokenizer_hash(lake.base_model_dir) != before  # so every document is re-chunked
+
+
+def test_special_tokens_come_from_the_tokenizer(tokenizer):
+    from cpt_assets.lib.chunk_refresh import tokenizer_special_tokens, with_tokenizer_special_tokens
+    from cpt_assets.lib.chunking import ChunkingConfig
+    from cpt_assets.lib.cleaning import DEFAULT_SPECIAL_TOKENS, CleaningConfig
+
+    found = tokenizer_special_tokens(tokenizer)
+    assert {"<|endoftext|>", "<|im_start|>", "<|im_end|>"} <= set(found)
+    assert set(found) <= set(DEFAULT_SPECIAL_TOKENS)  # SmolLM2's: the hard-coded list was this tokenizer's
+    config = with_tokenizer_special_tokens(ChunkingConfig(), tokenizer)
+    assert config.cleaning.special_tokens == found
+    explicit = ChunkingConfig(cleaning=CleaningConfig(special_tokens=("<x>",)))
+    assert with_tokenizer_special_tokens(explicit, tokenizer) == explicit  # explicit settings are kept

@@ -7,6 +7,7 @@ import math
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,21 +17,24 @@ from cpt_assets.lib.evaluation import (
     EvalReport,
     ModelScores,
     allocate_blocks,
-    block_losses,
+    check_test_chunks,
     evaluate_models,
-    generate_continuations,
     load_base_model,
     markdown_table,
-    measure_weight_change,
     metric_rows,
-    pack_eval_blocks,
     perplexity_improved,
     prepare_inputs,
     rich_table,
-    to_test_rows,
-    weight_changes,
     write_report,
 )
+from cpt_assets.lib.lake import read_scored_blocks
+from cpt_assets.lib.scoring import block_nll, greedy_decode, perplexity
+from cpt_assets.lib.types import Chunk
+
+
+def chunk(**row) -> Chunk:
+    return Chunk(doc_sha256="", n_tokens=0, n_chars=len(row["text"]), **row)
+
 
 TEST_ROWS = [
     {
@@ -74,6 +78,7 @@ TEST_ROWS = [
         "the connection to the gateway has been restored.",
     },
 ]
+TEST_CHUNKS = [chunk(**row) for row in TEST_ROWS]
 CONFIG = EvalConfig(
     max_samples=4, prompt_tokens=8, max_new_tokens=8, block_size=32, max_eval_blocks=0, batch_size=4, device="cpu"
 )
@@ -102,13 +107,8 @@ def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def zero_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    return make_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "zero", b_std=0.0)
-
-
-@pytest.fixture(scope="module")
 def report(tiny_model_dir, adapter_dir) -> EvalReport:
-    return evaluate_models(tiny_model_dir, adapter_dir, TEST_ROWS, CONFIG)
+    return evaluate_models(tiny_model_dir, adapter_dir, TEST_CHUNKS, CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,8 @@ def test_perplexity_is_exp_of_token_weighted_loss(base_alone):
         tokenizer("Hello.", add_special_tokens=False)["input_ids"],
     ]
     assert len(blocks[0]) != len(blocks[1])  # unequal lengths: a mean of block means would differ
-    losses = block_losses(model, blocks, batch_size=2, pad_id=tokenizer.eos_token_id)
+    nll_rows = block_nll(model, blocks, batch_size=2, pad_id=tokenizer.eos_token_id)
+    losses = [(float(row.sum()), len(row)) for row in nll_rows]
 
     expected_sum, expected_tokens, block_means = 0.0, 0, []
     with torch.no_grad():
@@ -137,40 +138,31 @@ def test_perplexity_is_exp_of_token_weighted_loss(base_alone):
     assert [count for _, count in losses] == [len(b) - 1 for b in blocks]
     nll = sum(value for value, _ in losses)
     assert nll == pytest.approx(expected_sum, rel=1e-5)
-    ppl = metrics.perplexity(nll, expected_tokens)
+    ppl = perplexity(np.concatenate(nll_rows))
     assert ppl == pytest.approx(math.exp(expected_sum / expected_tokens), rel=1e-5)
     assert ppl != pytest.approx(math.exp(sum(block_means) / 2), rel=1e-4)
 
 
-@pytest.mark.parametrize(
-    ("nll", "tokens", "expected"),
-    [(0.0, 5, 1.0), (math.log(20) * 4, 4, 20.0), (1.0, 0, math.nan), (1e6, 1, math.inf)],
-)
-def test_perplexity_table(nll, tokens, expected):
-    result = metrics.perplexity(nll, tokens)
-    assert (math.isnan(result) and math.isnan(expected)) or result == pytest.approx(expected)
-
-
 def test_disable_adapter_gives_the_base_models_numbers(report, base_alone):
     model, tokenizer = base_alone
-    prepared = prepare_inputs(to_test_rows(TEST_ROWS), tokenizer, CONFIG)
+    prepared = prepare_inputs(TEST_CHUNKS, tokenizer, CONFIG)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     nll_total, token_total = 0.0, 0
     for row in report.per_source:
-        losses = block_losses(model, prepared.blocks[row.source], CONFIG.batch_size, pad)
-        nll, tokens = sum(v for v, _ in losses), sum(c for _, c in losses)
+        rows = block_nll(model, prepared.blocks[row.source], CONFIG.batch_size, pad)
+        nll, tokens = sum(float(r.sum()) for r in rows), sum(len(r) for r in rows)
         assert tokens == row.tokens
         assert row.base_loss == pytest.approx(nll / tokens, rel=1e-6, abs=1e-7)
         nll_total, token_total = nll_total + nll, token_total + tokens
     assert report.base.loss == pytest.approx(nll_total / token_total, rel=1e-6)
-    generated = generate_continuations(
+    generated = greedy_decode(
         model,
         [prompt for _, prompt, _ in prepared.samples],
         [len(ref) for _, _, ref in prepared.samples],
-        CONFIG.batch_size,
-        pad,
-        eos,
+        [eos],
+        batch_size=CONFIG.batch_size,
+        pad_id=pad,
     )
     assert [tokenizer.decode(ids, skip_special_tokens=True) for ids in generated] == [
         s.base_text for s in report.samples
@@ -237,87 +229,7 @@ def test_metrics_reject_unpaired_inputs():
         metrics.score_texts(["a", "b"], ["a"])
 
 
-# ---- weight change -------------------------------------------------------------------------------------------------
-def test_zero_adapter_changes_nothing(tiny_model_dir, zero_adapter_dir):
-    from peft import PeftModel
-
-    model, _ = load_base_model(tiny_model_dir, "cpu", "float32")
-    base_params = dict(model.named_parameters())
-    changes = measure_weight_change(PeftModel.from_pretrained(model, str(zero_adapter_dir)), base_params, 1e-6)
-    assert sum(row.changed for row in changes) == 0
-    assert all(row.relative_frobenius == 0.0 for row in changes)
-    assert {row.module_type for row in changes if row.adapted} == set(TARGETS)
-
-
-def test_adapter_changes_its_target_modules_only(report):
-    table = {row.module_type: row for row in report.weight_changes}
-    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "embed_tokens"} <= set(table)
-    for module_type, row in table.items():
-        if module_type in TARGETS:
-            assert row.adapted and row.tensors == 2  # one per layer of the tiny model
-            assert row.share_changed > 0.99  # B @ A is dense
-            assert row.relative_frobenius > 0
-        else:
-            assert not row.adapted and row.changed == 0 and row.max_abs_delta == 0.0
-    expected_share = sum(table[t].changed for t in TARGETS) / report.parameters
-    assert report.share_changed == pytest.approx(expected_share)
-
-
-def test_trained_embedding_copy_counts_as_change(tiny_model_dir, tmp_path):
-    """modules_to_save (how embed_tokens is trained in continued pretraining) is diffed like any other weight."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    model, _ = load_base_model(tiny_model_dir, "cpu", "float32")
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["embed_tokens"]))
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "modules_to_save" in name:
-                parameter[:10] += 1.0  # ten token rows trained
-    peft_model.save_pretrained(str(tmp_path / "mts"))
-
-    model, _ = load_base_model(tiny_model_dir, "cpu", "float32")
-    base_params = dict(model.named_parameters())
-    table = {
-        row.module_type: row
-        for row in measure_weight_change(PeftModel.from_pretrained(model, str(tmp_path / "mts")), base_params, 1e-6)
-    }
-    hidden = model.config.hidden_size
-    assert table["embed_tokens"].adapted and table["embed_tokens"].changed == 10 * hidden
-    assert table["q_proj"].adapted and table["q_proj"].changed == 0  # B still zero
-    assert not table["k_proj"].adapted and table["k_proj"].changed == 0
-
-
-@pytest.mark.parametrize(
-    ("merged", "tolerance", "changed", "relative_frobenius"),
-    [
-        ([[1.0, 2.0], [3.0, 4.0]], 1e-6, 0, 0.0),
-        ([[1.5, 2.0], [3.0, 4.0]], 1e-6, 1, 0.5 / math.sqrt(30)),
-        ([[1.0, 2.0], [3.0, 4.0 + 1e-6]], 1e-6, 0, 1e-6 / math.sqrt(30)),  # below tolerance x RMS (2.7e-6): noise
-        ([[0.0, 0.0], [0.0, 0.0]], 1e-6, 4, 1.0),
-    ],
-)
-def test_weight_changes_table(merged, tolerance, changed, relative_frobenius):
-    base = {"model.layers.0.self_attn.q_proj.weight": torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)}
-    merged_params = {"model.layers.0.self_attn.q_proj.weight": torch.tensor(merged, dtype=torch.float64)}
-    (row,) = weight_changes(base, merged_params, {"q_proj"}, tolerance)
-    assert (row.module_type, row.parameters, row.changed) == ("q_proj", 4, changed)
-    assert row.relative_frobenius == pytest.approx(relative_frobenius, rel=0.1)  # float32 steps near 4.0 are 4.8e-7
-
-
 # ---- packing and sampling ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("docs", "block_size", "expected"),
-    [
-        ([[1, 2, 3], [4, 5]], 3, [[1, 2, 3], [0, 4, 5]]),  # a 1-token tail predicts nothing: dropped
-        ([[1, 2, 3], [4, 5]], 4, [[1, 2, 3, 0], [4, 5, 0]]),
-        ([[1], [], [2]], 8, [[1, 0, 2, 0]]),
-        ([], 4, []),
-    ],
-)
-def test_pack_eval_blocks(docs, block_size, expected):
-    assert pack_eval_blocks(docs, block_size, eos_id=0) == expected
-
-
 @pytest.mark.parametrize(
     ("available", "limit", "expected"),
     [
@@ -336,7 +248,7 @@ def test_allocate_blocks(available, limit, expected):
 def test_bounded_blocks_cover_every_source(base_alone):
     _, tokenizer = base_alone
     config = EvalConfig(block_size=8, max_eval_blocks=4, max_samples=0, device="cpu")
-    prepared = prepare_inputs(to_test_rows(TEST_ROWS), tokenizer, config)
+    prepared = prepare_inputs(TEST_CHUNKS, tokenizer, config)
     assert prepared.available_blocks > 4
     assert sum(len(blocks) for blocks in prepared.blocks.values()) == 4
     assert all(prepared.blocks[source] for source in ("nist", "ietf", "edge"))
@@ -350,8 +262,8 @@ def test_write_report_files(report, tmp_path):
     assert data["base"]["perplexity"] == pytest.approx(report.base.perplexity)
     assert data["adapted"]["rougeL"] == pytest.approx(report.adapted.rougeL)
     assert [row["source"] for row in data["per_source"]] == ["edge", "ietf", "nist"]
-    assert len(data["samples"]) == len(report.samples) and len(data["weight_changes"]) == len(report.weight_changes)
-    assert data["totals"]["changed_parameters"] == report.changed_parameters
+    assert len(data["samples"]) == len(report.samples)
+    assert "weight_changes" not in data and "scored" not in data  # weight change is the merge's; blocks their own file
 
     markdown = files.markdown_path.read_text()
     assert markdown == files.markdown
@@ -364,7 +276,16 @@ def test_write_report_files(report, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
     width, height = struct.unpack(">II", png[16:24])
     assert width >= 800 and height >= 500
-    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["model_comparison.png", "report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
+        "model_comparison.png",
+        "report.json",
+        "report.md",
+        "scores.json",
+    ]
+    scored = read_scored_blocks(files.scores_path)
+    assert scored == report.scored
+    assert scored.tokens == report.eval_tokens and len(scored.blocks) == report.eval_blocks
+    assert perplexity(scored.flat_nll()) == pytest.approx(report.adapted.perplexity, rel=1e-9)
 
 
 def test_report_json_has_no_nan(tmp_path):
@@ -377,7 +298,7 @@ def test_report_json_has_no_nan(tmp_path):
 
 def test_rich_table_lists_metrics_and_sources(report):
     text = rich_table(report)
-    for word in ("perplexity", "ROUGE-L", "embedding similarity", "nist", "ietf", "edge", "q_proj"):
+    for word in ("perplexity", "ROUGE-L", "embedding similarity", "nist", "ietf", "edge"):
         assert word in text
     assert "\x1b[" not in text  # plain text for the run log
 
@@ -408,7 +329,6 @@ def test_perplexity_improved(base, adapted, passed):
         ({"batch_size": 0}, "batch_size"),
         ({"generation_batch_size": 0}, "generation_batch_size"),
         ({"num_threads": -1}, "num_threads"),
-        ({"change_tolerance": 1.5}, "change_tolerance"),
     ],
 )
 def test_config_validation(kwargs, message):
@@ -418,7 +338,9 @@ def test_config_validation(kwargs, message):
 
 def test_bad_inputs_name_what_is_wrong(tiny_model_dir, adapter_dir, tmp_path):
     with pytest.raises(ValueError, match="Test row 0 has no 'source'"):
-        to_test_rows([{"text": "x", "doc_id": "d"}])
+        check_test_chunks([chunk(text="x", doc_id="d", source="", chunk_id="c", chunk_index=0)])
+    with pytest.raises(TypeError, match="Test row 0 is a dict, not a types.Chunk"):
+        check_test_chunks([{"text": "x", "doc_id": "d", "source": "s"}])
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         evaluate_models(tiny_model_dir, tmp_path, TEST_ROWS, CONFIG)
     with pytest.raises(ValueError, match="no rows"):

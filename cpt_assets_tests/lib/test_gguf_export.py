@@ -43,6 +43,7 @@ from cpt_assets.lib.gguf_fidelity import (
     write_text,
 )
 from cpt_assets.lib.gguf_verify import (
+    MIN_BLOCK_TOKENS,
     Completion,
     Fidelity,
     fidelity_markdown,
@@ -50,13 +51,13 @@ from cpt_assets.lib.gguf_verify import (
     gguf_loads,
     gguf_metadata,
     hf_reference,
-    make_blocks,
     perplexity_within,
     tokenization_matches,
     verify_gguf,
 )
 from cpt_assets.lib.lake import sha256_file
 from cpt_assets.lib.llama_tools import LlamaCpp, LlamaToolError, build_tools, llama_cpp_sources, unpack
+from cpt_assets.lib.scoring import pack
 
 PROVENANCE = Provenance(
     name="cpt-tiny-test",
@@ -202,6 +203,21 @@ def test_second_architecture_olmo2(olmo2_dir, rfc_texts, tmp_path):
     assert fidelity.tokenization_equal and fidelity.tokens_compared > 500, fidelity.first_mismatch
     assert perplexity_within(fidelity, 0.01)[0], perplexity_within(fidelity, 0.01)[1]
     assert read_provenance(f16.path)["cpt.merged_model.sha256"] == "d" * 64
+def test_f16_gguf_matches_hf_model(export, rfc_texts):
+    f16 = export.fidelity[0]
+    assert gguf_loads(f16)[0]
+    passed, description = tokenization_matches(f16)
+    assert passed, description
+    assert f16.tokens_compared > 500 and f16.texts == len(rfc_texts)
+    passed, description = perplexity_within(f16, 0.01)
+    assert passed, description
+    # The texts are packed as documents (separator after each), 128-token blocks, at most 4, a 16-token tail.
+    stream = [0] * (f16.tokens_compared + f16.texts)
+    blocks = pack(stream, 128, keep_tail=True, min_tail=MIN_BLOCK_TOKENS, max_blocks=4)
+    assert f16.scored_tokens == sum(len(b) - 1 for b in blocks)
+    assert f16.hf_perplexity == pytest.approx(export.hf_perplexity)
+    assert f16.mean_abs_nll_diff < 0.01  # F16 rounding only
+    assert len(f16.completions) == len(PROMPTS)
 
 
 def test_tokenizer_metadata_matches_the_official_smollm2_gguf(model_dir, tmp_path):
@@ -315,7 +331,7 @@ def test_type_chosen_by_figures(export, config):
     assert export.fidelity[-1].file_type == export.chosen_type
 
 
-def test_f16_gguf_matches_hf_model(export, rfc_texts):
+def test_f16_gguf_scores_the_scoring_core_blocks(export, rfc_texts):
     f16 = export.fidelity[0]
     assert gguf_loads(f16)[0] and tokenization_matches(f16)[0], f16.first_mismatch
     assert f16.tokens_compared > 500 and f16.texts == len(rfc_texts)
@@ -606,20 +622,7 @@ def test_provenance_kv_skips_empty_values():
     assert kv == {"cpt.base_model.name": "b", "cpt.split.train.sha256": "t", "cpt.corpus": "ietf"}
 
 
-@pytest.mark.parametrize(
-    ("lengths", "block_size", "max_blocks", "expected"),
-    [
-        ([40], 16, 8, [16, 16]),  # trailing 8 tokens dropped
-        ([10, 10], 16, 8, [16]),  # texts are concatenated
-        ([100], 32, 2, [32, 32]),  # capped at max_blocks
-        ([5], 16, 8, []),  # too short
-        ([20], 16, 8, [16]),
-        ([50], 64, 8, [50]),  # one short block is kept when it has enough tokens
-    ],
-)
-def test_make_blocks(lengths, block_size, max_blocks, expected):
-    token_lists = [list(range(n)) for n in lengths]
-    assert [len(b) for b in make_blocks(token_lists, block_size, max_blocks)] == expected
+# test_make_blocks moved to test_scoring.test_capped_blocks (the packer is the scoring core's).
 
 
 def _fidelity(**changes) -> Fidelity:

@@ -3,8 +3,16 @@ import os
 import duckdb
 import pytest
 
-from cpt_assets.lib.lake import Lake, atomic_path, read_records, write_records
-from cpt_assets.lib.types import Chunk, RawDocument
+from cpt_assets.lib.lake import (
+    Lake,
+    atomic_path,
+    content_version,
+    read_records,
+    read_scored_blocks,
+    write_records,
+    write_scored_blocks,
+)
+from cpt_assets.lib.types import Chunk, RawDocument, ScoredBlocks
 
 
 def raw(name: str, status: str = "ok") -> RawDocument:
@@ -63,3 +71,67 @@ def test_duckdb_views_span_every_partition(tmp_path):
     with duckdb.connect(str(catalog), read_only=True) as persisted:
         assert persisted.execute("SELECT sum(n_tokens) FROM chunks").fetchone() == (25,)
     assert lake.sources_with("chunks") == ["a", "b"]
+
+
+# ---- versioned model artefacts (issue #8) ---------------------------------------------------------------------
+def test_versions_keep_older_paths_and_latest_moves(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    paths = []
+    for version, text in (("v1", "first"), ("v2", "second")):
+        with atomic_path(lake.version_dir("eval", version)) as tmp:
+            tmp.mkdir()
+            (tmp / "report.json").write_text(text)
+        lake.publish_latest("eval", version)
+        paths.append(lake.version_dir("eval", version) / "report.json")
+    assert paths[0].read_text() == "first"  # the older materialisation's path still holds its files
+    assert (lake.eval_dir / "report.json").read_text() == "second"
+    assert lake.eval_dir.resolve() == lake.version_dir("eval", "v2").resolve()
+    assert os.readlink(lake.eval_dir) == os.path.join("versions", "v2")  # relative: the lake can be moved
+    assert lake.versions("eval") == ["v1", "v2"]
+    lake.publish_latest("eval", "v1")  # pointing back is one atomic rename
+    assert (lake.eval_dir / "report.json").read_text() == "first"
+    assert sorted(p.name for p in lake.kind_dir("eval").iterdir()) == ["latest", "versions"]  # no temp link left
+
+
+@pytest.mark.parametrize(
+    ("kind", "version", "error", "message"),
+    [
+        ("eval", "missing", FileNotFoundError, "does not exist"),
+        ("tea", "v1", ValueError, "Unknown versioned artefact kind 'tea'"),
+        ("gguf", "../x", ValueError, "Bad version id"),
+        ("merged", "", ValueError, "Bad version id"),
+    ],
+)
+def test_publish_rejects_bad_versions(tmp_path, kind, version, error, message):
+    with pytest.raises(error, match=message):
+        Lake(tmp_path).publish_latest(kind, version)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [((1, {"x": 1}), (1, {"x": 1}), True), ((1, {"x": 1}), (1, {"x": 2}), False), (("a",), ("b",), False)],
+)
+def test_content_version(a, b, same):
+    assert (content_version(*a) == content_version(*b)) is same
+    assert len(content_version(*a)) == 16
+
+
+def test_scored_blocks_round_trip_and_bad_file(tmp_path):
+    scored = ScoredBlocks(
+        model="adapted",
+        dtype="float32",
+        block_size=4,
+        separator_id=0,
+        sources=("nist", "ietf"),
+        blocks=((5, 6, 0, 7), (8, 0)),
+        token_nll=((1.5, 0.25, 3.0), (0.5,)),
+        adapter_sha256="ab" * 32,
+    )
+    path = write_scored_blocks(scored, tmp_path / "scores.json")
+    assert read_scored_blocks(path) == scored and scored.tokens == 4
+    assert read_scored_blocks(tmp_path / "none.json") is None
+    (tmp_path / "bad.json").write_text('{"model": "adapted"}')
+    with pytest.raises(ValueError, match="bad.json is not a scored-blocks file"):
+        read_scored_blocks(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="block 0 has 4 tokens but 2 NLL values"):
+        ScoredBlocks("adapted", "float32", 4, 0, ("s",), ((1, 2, 3, 4),), ((0.1, 0.2),))

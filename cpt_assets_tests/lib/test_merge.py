@@ -165,6 +165,56 @@ def test_weight_changes_counts_elements():
     assert changes["extra"].changed_parameters == 3  # a tensor the base lacked counts as wholly changed
 
 
+# Moved from test_evaluation when weight change became the merge's figure alone (issue #8).
+def test_zero_adapter_changes_nothing(tiny_model_dir, tmp_path):
+    """An untrained adapter (peft's zero-initialised B) changes no weight."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(str(tmp_path / "z"))
+    result = merge_adapter(tiny_model_dir, tmp_path / "z", tmp_path / "merged")
+    assert result.changed_parameters == 0 and result.changed_tensors == 0
+    assert all(change.relative_change == 0.0 for change in result.changes)
+
+
+def test_trained_embedding_copy_counts_as_change(tiny_model_dir, tmp_path):
+    """modules_to_save (how embed_tokens is trained in continued pretraining) is diffed like any other weight."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["embed_tokens"]))
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "modules_to_save" in name:
+                parameter[:10] += 1.0  # ten token rows trained
+    peft_model.save_pretrained(str(tmp_path / "mts"))
+    result = merge_adapter(tiny_model_dir, tmp_path / "mts", tmp_path / "merged")
+    table = {change.module: change for change in result.changes}
+    hidden = model.config.hidden_size
+    assert table["embed_tokens"].changed_parameters == 10 * hidden
+    assert table["q_proj"].changed_parameters == 0  # B still zero
+    assert table["k_proj"].changed_parameters == 0
+
+
+@pytest.mark.parametrize(
+    ("merged", "changed", "relative_change"),
+    [
+        ([[1.0, 2.0], [3.0, 4.0]], 0, 0.0),
+        ([[1.5, 2.0], [3.0, 4.0]], 1, 0.5 / 30**0.5),
+        ([[1.0, 2.0], [3.0, 4.0 + 1e-6]], 1, 1e-6 / 30**0.5),  # float64: any move of the merge is a change
+        ([[0.0, 0.0], [0.0, 0.0]], 4, 1.0),
+    ],
+)
+def test_weight_changes_table(merged, changed, relative_change):
+    base = {"model.layers.0.self_attn.q_proj.weight": torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)}
+    after = {"model.layers.0.self_attn.q_proj.weight": torch.tensor(merged, dtype=torch.float64)}
+    (row,) = weight_changes(base, after)
+    assert (row.module, row.parameters, row.changed_parameters) == ("q_proj", 4, changed)
+    assert row.relative_change == pytest.approx(relative_change, rel=1e-6)
+
+
 def test_merged_folder_keeps_the_tokenizer(merged, tokenizer):
     from transformers import AutoTokenizer
 

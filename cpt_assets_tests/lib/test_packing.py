@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cpt_assets.lib.cleaning import DOCUMENT_SEPARATOR
-from cpt_assets.lib.packing import DOCUMENT_CHUNK_SEPARATOR, document_separator_id, document_texts, pack_blocks
+from cpt_assets.lib.packing import pack_blocks
+from cpt_assets.lib.scoring import DOCUMENT_CHUNK_SEPARATOR, document_separator_id, document_texts
 
 ENDOFTEXT_ID = 0  # SmolLM2's <|endoftext|>, the project's document separator
 

@@ -8,9 +8,9 @@ re-extracts nothing and says so.
 import hashlib
 import time
 from collections import Counter
-from pathlib import Path
 
 import dagster as dg
+import pydantic
 
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.metadata import (
@@ -26,9 +26,15 @@ from cpt_assets.defs.metadata import (
 )
 from cpt_assets.defs.partitions import source_partitions
 from cpt_assets.defs.resources import LakeResource, SourcesResource
-from cpt_assets.lib.base_model import default_tokenizer_dir, load_tokenizer
-from cpt_assets.lib.chunk_refresh import plot_token_histogram, read_state, refresh_chunks, write_state
-from cpt_assets.lib.chunking import ChunkingConfig
+from cpt_assets.lib.base_model import load_tokenizer
+from cpt_assets.lib.chunk_refresh import (
+    chunk_tokenizer_dir,
+    plot_token_histogram,
+    read_state,
+    refresh_chunks,
+    write_state,
+)
+from cpt_assets.lib.chunking import CHUNKER_VERSION, ChunkingConfig
 from cpt_assets.lib.corpus_checks import (
     documents_accounted_for,
     documents_with_useful_text,
@@ -264,12 +270,15 @@ def page_text(context: dg.AssetExecutionContext, lake: LakeResource, sources: So
 
 
 class CleanChunksConfig(config_class(ChunkingConfig, "ChunkingRunConfig")):
-    tokenizer: str = ""  # HF tokenizer folder whose tokens size the chunks; empty: the default base model's (SmolLM2)
+    tokenizer: str = pydantic.Field(
+        default="", description="HF tokenizer folder whose tokens size the chunks; empty: the base_model asset's"
+    )
 
 
 @dg.asset(
     partitions_def=source_partitions,
-    deps=[page_text],
+    deps=[page_text, "base_model"],  # chunks are sized in the base model's tokens: the graph shows that edge
+    code_version=f"chunker-{CHUNKER_VERSION}",  # the UI marks chunks stale when the cleaning/chunking rules change
     group_name="corpus",
     kinds={"nltk", "parquet", "duckdb"},
     automation_condition=FOLLOW_UPSTREAM,
@@ -296,7 +305,8 @@ def clean_chunks(
     source = context.partition_key
     if not lk.pages_path(source).exists():
         raise FileNotFoundError(f"no page text at {lk.pages_path(source)}: materialise page_text[{source}] first")
-    tokenizer_dir = Path(config.tokenizer) if config.tokenizer else default_tokenizer_dir()
+    tokenizer_dir, tokenizer_from = chunk_tokenizer_dir(lk, config.tokenizer)
+    context.log.info(f"chunks sized with the tokenizer of {tokenizer_from} ({tokenizer_dir})")
     started = time.perf_counter()
     refresh = refresh_chunks(
         lk.read_pages(source),
@@ -326,6 +336,7 @@ def clean_chunks(
         "refresh": refresh.reason,
         "chunks": len(refresh.chunks),
         "tokens": sum(tokens),
+        "tokenizer_from": tokenizer_from,
         "tokens_per_chunk_mean": round(sum(tokens) / len(tokens), 1) if tokens else 0.0,
         "tokens_per_chunk_max": max(tokens, default=0),
         "dropped": len(refresh.dropped),

@@ -69,10 +69,12 @@ def chunk_snapshot(instance: dg.DagsterInstance, lk: Lake, registered: list[str]
     kinds={"parquet", "duckdb", "huggingface"},
     automation_condition=FOLLOW_UPSTREAM,
     check_specs=[
+        # Blocking: a leaked split stops the run before lora_adapter trains on it.
         dg.AssetCheckSpec(
             "no_document_in_two_splits",
             asset="corpus_splits",
-            description="no document has chunks in more than one split (no train/test leakage)",
+            blocking=True,
+            description="no document has chunks in two splits (blocking: nothing downstream runs on a leaked split)",
         ),
         dg.AssetCheckSpec(
             "split_ratios_within_tolerance",

@@ -1,22 +1,32 @@
 """The eval_report asset: base vs adapted model on the test split, with a red light when training made it worse."""
 
+from dataclasses import asdict
+
 import dagster as dg
 
 from cpt_assets.defs.config import config_class, to_dataclass
+from cpt_assets.defs.corpus.splits import corpus_splits
 from cpt_assets.defs.metadata import check_result, numbers, png_markdown, sig, table, timings_table
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
+from cpt_assets.defs.training.base import base_model
 from cpt_assets.lib.evaluation import (
     EvalConfig,
+    adapter_weights_sha256,
     evaluate_models,
     metric_rows,
     perplexity_improved,
     rich_table,
     write_report,
 )
-from cpt_assets.lib.lake import read_split
+from cpt_assets.lib.lake import content_version, read_split
+from cpt_assets.lib.splits import split_content_hash
 
-EvalRunConfig = config_class(EvalConfig, "EvalRunConfig")
+
+class EvalRunConfig(config_class(EvalConfig, "EvalRunConfigBase")):
+    """EvalConfig's fields as run config (a class, so type checkers accept it as an annotation)."""
+
+
 # Metadata tables show in a value column about 380 px wide (Dagster 1.13, 1440 px window): a few short columns.
 PER_SOURCE_COLUMNS = ["source", "tokens", "base", "adapted", "change_pct"]
 
@@ -38,7 +48,7 @@ def metrics_table(report) -> dg.MetadataValue:
 
 
 @dg.asset(
-    deps=[lora_adapter],
+    deps=[base_model, corpus_splits, lora_adapter],  # every asset it reads
     group_name="evaluation",
     kinds={"pytorch", "json"},
     pool="gpu",  # scores two models on the accelerator when there is one, like training
@@ -51,16 +61,22 @@ def metrics_table(report) -> dg.MetadataValue:
         )
     ],
     description="Base vs adapted on the test split: token-weighted loss and perplexity on packed blocks (overall and "
-    "per source), BLEU / ROUGE / MiniLM similarity of greedy continuations, and the share of weights the adapter "
-    "changes per module type. report.json, report.md and model_comparison.png under data_lake/eval/.",
+    "per source) and BLEU / ROUGE / MiniLM similarity of greedy continuations. report.json, report.md, "
+    "model_comparison.png and scores.json (the adapted model's scored blocks, which gguf_model's llama.cpp check "
+    "scores again, so both show one HF test perplexity) under data_lake/eval/. Weight change is merged_model's.",
 )
 def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: LakeResource) -> dg.MaterializeResult:
     lk = lake.lake()
     test_rows = read_split(lk, "test")
     if not test_rows:
         raise ValueError(f"the test split at {lk.split_path('test')} is missing or empty: materialise corpus_splits")
-    report = evaluate_models(lk.base_model_dir, lk.adapter_dir, test_rows, to_dataclass(config, EvalConfig))
-    files = write_report(report, lk.eval_dir)
+    eval_config = to_dataclass(config, EvalConfig)
+    version = content_version(
+        adapter_weights_sha256(lk.adapter_dir), split_content_hash(test_rows), asdict(eval_config)
+    )
+    report = evaluate_models(lk.base_model_dir, lk.adapter_dir, test_rows, eval_config)
+    files = write_report(report, lk.version_dir("eval", version))  # this version's folder stays true
+    lk.publish_latest("eval", version)
     context.log.info("\n" + rich_table(report))
 
     data = report.to_dict()
@@ -77,7 +93,6 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
                     "adapted_bleu": report.adapted.bleu,
                     "base_embedding_similarity": report.base.embedding_similarity,
                     "adapted_embedding_similarity": report.adapted.embedding_similarity,
-                    "share_of_parameters_changed": report.share_changed,
                     "test_documents": report.test_documents,
                     "test_chunks": report.test_rows,
                     "eval_blocks": report.eval_blocks,
@@ -106,6 +121,8 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
             "seconds_by_phase": timings_table(report.timings),
             "report_json": dg.MetadataValue.path(str(files.json_path)),
             "report_md": dg.MetadataValue.path(str(files.markdown_path)),
+            "scores_json": dg.MetadataValue.path(str(files.scores_path)),
+            "version": version,
         },
         check_results=[
             check_result(

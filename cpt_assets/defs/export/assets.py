@@ -5,6 +5,7 @@ pre-tokenizer or chat template gives a file that loads but babbles (llama.cpp #9
 """
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +17,7 @@ from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
 from cpt_assets.defs.training.base import base_model
 from cpt_assets.lib.base_model import describe_model_dir, exported_source
+from cpt_assets.lib.evaluation import adapter_weights_sha256
 from cpt_assets.lib.gguf_export import (
     VERIFICATION_FILE,
     GGUFExportConfig,
@@ -25,7 +27,7 @@ from cpt_assets.lib.gguf_export import (
 )
 from cpt_assets.lib.gguf_fidelity import kld_markdown, kld_within, png_markdown
 from cpt_assets.lib.gguf_verify import gguf_loads, perplexity_within, tokenization_matches
-from cpt_assets.lib.lake import SPLIT_NAMES, Lake, read_split, sha256_file
+from cpt_assets.lib.lake import SPLIT_NAMES, Lake, content_version, read_scored_blocks, read_split, sha256_file
 from cpt_assets.lib.merge import merge_adapter
 from cpt_assets.lib.splits import split_content_hash
 from cpt_assets.lib.training import TRAINING_INFO_FILE
@@ -62,7 +64,9 @@ FIDELITY_COLUMNS = ["type", "tokenization", "gguf_ppl", "drift_pct", "same_compl
 )
 def merged_model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     lk = lake.lake()
-    result = merge_adapter(lk.base_model_dir, lk.adapter_dir, lk.merged_model_dir)
+    version = content_version(adapter_weights_sha256(lk.adapter_dir), sha256_file(lk.base_model_dir / "config.json"))
+    result = merge_adapter(lk.base_model_dir, lk.adapter_dir, lk.version_dir("merged", version))
+    lk.publish_latest("merged", version)
     context.log.info(f"merged {result.lora_modules} LoRA modules; {result.changed_tensors} tensors changed")
     return dg.MaterializeResult(
         metadata={
@@ -114,7 +118,7 @@ def export_provenance(lake: Lake, run_id: str) -> Provenance:
 
 
 @dg.asset(
-    deps=[merged_model, corpus_splits, base_model, lora_adapter],  # provenance reads the base and adapter files
+    deps=[merged_model, corpus_splits, base_model, lora_adapter, "eval_report"],  # provenance reads base + adapter
     group_name="export",
     kinds={"gguf", "llama.cpp", "ollama"},
     check_specs=[dg.AssetCheckSpec(name, asset="gguf_model", description=about) for name, about in GGUF_CHECKS.items()],
@@ -128,9 +132,20 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
     lk = lake.lake()
     export_config = to_dataclass(config, GGUFExportConfig)
     texts = [chunk.text for chunk in read_split(lk, "test")] or [chunk.text for chunk in read_split(lk, "validation")]
-    train = [chunk.text for chunk in read_split(lk, "train")]
+    scored = read_scored_blocks(lk.eval_scores_path)  # eval_report's blocks and NLL: one HF test perplexity
+    if scored is not None and scored.adapter_sha256 != adapter_weights_sha256(lk.adapter_dir):
+        context.log.warning(f"{lk.eval_scores_path} scored another adapter; HF perplexity is computed here")
+        scored = None
     provenance = export_provenance(lk, context.run_id)
-    export = export_gguf(lk.merged_model_dir, lk.gguf_dir, provenance, texts, export_config, train_texts=train)
+    version = content_version(
+        provenance.merged_model_sha256, asdict(export_config), scored.adapter_sha256 if scored else None
+    )
+    out_dir = lk.version_dir("gguf", version)
+    train = [chunk.text for chunk in read_split(lk, "train")]  # the domain importance matrix's text
+    export = export_gguf(
+        lk.merged_model_dir, out_dir, provenance, texts, export_config, train_texts=train, scored=scored
+    )
+    lk.publish_latest("gguf", version)
     chosen_rows = [row for row in export.quant_fidelity if row.file == export.file(export.chosen_type).path.name]
 
     check_figures = {
@@ -174,6 +189,7 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
     rows = export.table()  # files and fidelity in one wide row per file: shown as two narrower tables
     metadata = {
         "hf_perplexity": sig(export.hf_perplexity),
+        "hf_perplexity_from": "eval_report (same blocks)" if scored is not None else "computed here (no eval scores)",
         "chosen_type": export.chosen_type,
         "choice_reason": export.choice_reason,
         "kld_table": dg.MetadataValue.md(kld_markdown(export.quant_fidelity)),
@@ -185,7 +201,8 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
         "toolchain": text(toolchain_versions()),
         "modelfile": dg.MetadataValue.md(f"```\n{export.modelfile.read_text()}\n```"),
         "gguf_path": dg.MetadataValue.path(str(target.path)),
-        "verification": dg.MetadataValue.path(str(lk.gguf_dir / VERIFICATION_FILE)),
+        "verification": dg.MetadataValue.path(str(out_dir / VERIFICATION_FILE)),
+        "version": version,
     }
     for row in chosen_rows:
         metadata |= {"mean_kld": row.mean_kld, "p99_kld": row.p99_kld, "same_top_share": row.same_top_share}
