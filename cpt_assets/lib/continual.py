@@ -275,7 +275,7 @@ def perplexities(
     block_size: int,
     max_blocks: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """model name -> text set name -> perplexity; an adapter of None scores the base model itself (CPU, fp32)."""
+    """Model name -> text set name -> perplexity; an adapter of None scores the base model itself (CPU, fp32)."""
     from peft import PeftModel
 
     from cpt_assets.lib.evaluation import load_base_model
