@@ -27,7 +27,7 @@ class ContinualConfig:
     continue_from_promoted: bool = True  # start from the promoted adapter when there is one (else from the base)
     rewarm_steps: int = 1  # linear warm-up steps of a continued run (its schedule then decays again)
     forgetting_bound: float = 0.05  # largest allowed relative rise of general-text perplexity over the base
-    seed: int = 42  # which replay documents are drawn
+    replay_seed: int = 42  # which replay documents are drawn
 
     def validate(self) -> ContinualConfig:
         for name in ("general_replay_share", "earlier_replay_share"):
@@ -44,6 +44,15 @@ class ContinualConfig:
         if not self.forgetting_bound >= 0:
             raise ValueError(f"ContinualConfig.forgetting_bound must be >= 0, got {self.forgetting_bound}")
         return self
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """What the promotion gate scores on."""
+
+    forgetting_bound: float = 0.05  # largest allowed relative rise of general-text perplexity over the base
+    block_size: int = 256  # tokens per scored block
+    max_blocks: int = 16  # blocks scored per text set and model (0: all)
 
 
 # ---- replay mix ------------------------------------------------------------------------------------------------
@@ -101,7 +110,7 @@ def replay_mix(
     new_tokens = sum(_size(c) for c in new.values())
     if new_tokens == 0:
         raise ValueError("replay_mix: no new document has any text; nothing to train on")
-    rng = random.Random(config.seed)
+    rng = random.Random(config.replay_seed)
     earlier_share = config.earlier_replay_share if earlier else 0.0
     new_share = 1.0 - config.general_replay_share - earlier_share
     total = new_tokens / new_share
@@ -290,3 +299,60 @@ def perplexities(
             for set_name, set_texts in texts.items()
         }
     return scores
+
+
+# ---- one run's training inputs -----------------------------------------------------------------------------------
+CONTINUAL_FILE = "cpt_continual.json"  # beside the adapter: parent, mix and every doc id this lineage trained on
+
+
+def trained_doc_ids(adapter_dir: Path) -> set[str]:
+    """Domain doc ids the adapter's lineage was trained on (empty when the file is absent)."""
+    path = Path(adapter_dir) / CONTINUAL_FILE
+    return set(json.loads(path.read_text())["trained_doc_ids"]) if path.is_file() else set()
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    plan: ContinuationPlan
+    mix: ReplayMix
+    trained_doc_ids: list[str]  # the lineage's domain documents after this run
+
+    def record(self) -> dict:
+        return {
+            "parent_version": self.plan.parent_version or "",
+            "reason": self.plan.reason,
+            "mix": self.mix.table(),
+            "trained_doc_ids": self.trained_doc_ids,
+        }
+
+
+def prepare_training(
+    train: Mapping[str, Sequence[str]],
+    general: Mapping[str, Sequence[str]],
+    promoted: tuple[str, Path, str] | None,
+    base_sha256: str,
+    wanted_shape: dict,
+    config: ContinualConfig,
+) -> TrainingInputs:
+    """Decide parent and mix: continuing trains on new documents plus replay of earlier ones and general text.
+
+    Args:
+        train: the current train split, doc id -> chunk texts.
+        general: the general-text replay pool.
+        promoted: (version, adapter folder, base sha256) of the promoted version, or None.
+        base_sha256: the current base model's weights hash.
+        wanted_shape: this run's LoRA shape (see `lora_shape`).
+        config: the continual settings.
+    """
+    config.validate()
+    version, adapter_dir, promoted_base = promoted if promoted else (None, None, None)
+    earlier_ids = trained_doc_ids(adapter_dir) if adapter_dir else set()
+    new_ids = set(train) - earlier_ids
+    plan = plan_continuation(version, adapter_dir, promoted_base, base_sha256, wanted_shape, bool(new_ids), config)
+    if plan.parent_version is None:
+        new_ids, earlier_ids = set(train), set()
+    elif not new_ids:  # asked to train with nothing new: the whole train split again, from the parent
+        new_ids, earlier_ids = set(train), set()
+    earlier = {d: train[d] for d in earlier_ids if d in train}
+    mix = replay_mix({d: train[d] for d in new_ids}, earlier, general, config)
+    return TrainingInputs(plan, mix, sorted(new_ids | earlier_ids))

@@ -103,3 +103,16 @@ def load_control_documents(config: ControlTextConfig = ControlTextConfig()) -> l
 def texts_of(documents: list[ControlDocument], part: str) -> dict[str, list[str]]:
     """doc_id -> [text] for one part, the form training and evaluation take."""
     return {d.doc_id: [d.text] for d in documents if d.part == part}
+
+
+def write_control_documents(lake, documents: list[ControlDocument]) -> Path:
+    """The documents as one parquet file at the lake's control-text path (atomically)."""
+    from cpt_assets.lib.lake import write_records
+
+    return write_records(documents, ControlDocument, lake.control_text_path)
+
+
+def read_control_documents(lake) -> list[ControlDocument]:
+    from cpt_assets.lib.lake import read_records
+
+    return read_records(lake.control_text_path, ControlDocument)

@@ -4,6 +4,7 @@ import math
 
 import dagster as dg
 
+from cpt_assets.defs.automation import follow
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.metadata import png_markdown, table_value
 from cpt_assets.defs.resources import LakeResource
@@ -23,6 +24,7 @@ WEIGHT_COLUMNS = ["module_type", "adapted", "parameters", "changed", "share_chan
 
 
 @dg.asset(
+    automation_condition=follow(),  # issue #10: follows lora_adapter
     deps=[lora_adapter],
     group_name="evaluation",
     kinds={"pytorch", "json"},

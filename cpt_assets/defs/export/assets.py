@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from cpt_assets.defs.automation import follow
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.splits import corpus_splits
 from cpt_assets.defs.metadata import table_value
@@ -34,6 +35,7 @@ GGUF_CHECKS = ("gguf_loads_in_llama_cpp", "gguf_tokenization_matches_hf", "gguf_
 
 
 @dg.asset(
+    automation_condition=follow(),  # issue #10: follows lora_adapter
     deps=[lora_adapter, base_model],
     group_name="export",
     kinds={"peft", "safetensors"},
@@ -99,6 +101,7 @@ def export_provenance(lake: Lake, run_id: str) -> Provenance:
 
 
 @dg.asset(
+    automation_condition=follow(),  # issue #10: follows lora_adapter
     deps=[merged_model, corpus_splits],
     group_name="export",
     kinds={"gguf", "llama.cpp", "ollama"},
