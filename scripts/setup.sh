@@ -20,3 +20,7 @@ fi
 if ! command -v tesseract >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq tesseract-ocr tesseract-ocr-eng >/dev/null) || echo "note: tesseract-ocr not installed; OCR tests will be skipped"
 fi
+# General-text control set (issue #10): Debian's fortunes (BSD fortune(6) cookie files, BSD licence).
+if [ ! -f /usr/share/games/fortunes/literature ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq fortunes fortunes-min >/dev/null) || echo "note: fortunes not installed; control_text will fail naming ControlTextConfig.directory"
+fi
