@@ -76,7 +76,9 @@ def test_refresh_continues_from_the_promoted_version_and_the_gate_guards_the_ser
 
     def tick() -> set[str]:
         nonlocal cursor
-        result = dg.evaluate_automation_conditions(defs=ALL, instance=instance, cursor=cursor)
+        result = dg.evaluate_automation_conditions(
+            defs=dg.Definitions(assets=ALL, resources=resources), instance=instance, cursor=cursor
+        )
         cursor = result.cursor
         return {r.asset_key.to_user_string() for r in result.results if r.true_subset.size > 0}
 
