@@ -51,3 +51,7 @@ fi
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "note: chromium not installed; the browser test will fail"
 fi
+# General-text control set (issue #10): Debian's fortunes (BSD fortune(6) cookie files, BSD licence).
+if [ ! -f /usr/share/games/fortunes/literature ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq fortunes fortunes-min >/dev/null) || echo "note: fortunes not installed; control_text will fail naming ControlTextConfig.directory"
+fi

@@ -318,6 +318,39 @@ class Lake:
         """The latest GGUF export (read side); write a version with version_dir("gguf", ...)."""
         return self.latest_dir("gguf")
 
+    # ---- continual pretraining (issue #10): control text, model registry, promoted model ---------------------
+    @property
+    def control_text_path(self) -> Path:
+        """General-text documents with their part (replay / control), one parquet file."""
+        return self.root / "control_text" / "documents.parquet"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def versions_path(self) -> Path:
+        """One row per trained version (the registry's table; the DuckDB view `model_versions`)."""
+        return self.registry_dir / "versions.parquet"
+
+    def registry_version_dir(self, version: str) -> Path:
+        """A registered model version's own copy of its adapter and GGUF files, never overwritten."""
+        return self.registry_dir / "versions" / version
+
+    @property
+    def registry_chart_path(self) -> Path:
+        return self.registry_dir / "versions.png"
+
+    @property
+    def promoted_dir(self) -> Path:
+        """The stable folder a user's Ollama points at: model.gguf and Modelfile of the promoted version."""
+        return self.root / "promoted"
+
+    @property
+    def previous_promoted_dir(self) -> Path:
+        """The promoted files before the last promotion, kept."""
+        return self.root / "promoted_previous"
+
     # ---- DuckDB query layer ------------------------------------------------------------------------------------
     def view_sql(self) -> list[str]:
         """CREATE VIEW statements over every table that has at least one file."""
@@ -329,6 +362,9 @@ class Lake:
                 statements.append(
                     f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)"
                 )
+        if self.versions_path.exists():  # issue #10: the model registry
+            versions = self.versions_path.as_posix()
+            statements.append(f"CREATE OR REPLACE VIEW model_versions AS SELECT * FROM read_parquet('{versions}')")
         for split in SPLIT_NAMES:
             path = self.split_path(split)
             if path.exists():

@@ -54,6 +54,7 @@ def train_adapter_launched(
     adapter_dir: Path,
     checkpoints_dir: Path,
     progress_callback: Callable[[dict], None] | None = None,
+    init_adapter_dir: Path | None = None,
 ) -> TrainResult:
     """Run `train_adapter` in `processes` processes under torchrun and return rank 0's result.
 
@@ -72,6 +73,7 @@ def train_adapter_launched(
         "adapter_dir": str(adapter_dir),
         "checkpoints_dir": str(checkpoints_dir),
         "result_path": str(result_path),
+        "init_adapter_dir": str(init_adapter_dir) if init_adapter_dir else None,
     }
     with atomic_path(spec_path) as tmp:
         tmp.write_text(json.dumps(spec))
@@ -120,6 +122,7 @@ def _worker(spec_path: Path) -> None:
         Path(spec["adapter_dir"]),
         Path(spec["checkpoints_dir"]),
         progress_callback=progress,
+        init_adapter_dir=Path(spec["init_adapter_dir"]) if spec.get("init_adapter_dir") else None,
     )
     if rank == 0:
         with atomic_path(Path(spec["result_path"])) as tmp:

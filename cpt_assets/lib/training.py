@@ -431,8 +431,18 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
-def _load_model(base_model_dir: Path, config: TrainingConfig, plan: RunPlan):
-    """The base model with its LoRA adapter attached, ready for the Trainer."""
+def adapter_identity(adapter_dir: Path) -> str:
+    """sha256 of an adapter's weights file (what a continued run starts from)."""
+    from cpt_assets.lib.lake import sha256_file
+
+    weights = [p for p in sorted(Path(adapter_dir).glob("adapter_model.*")) if p.is_file()]
+    if not weights:
+        raise FileNotFoundError(f"init_adapter_dir {adapter_dir} has no adapter_model.safetensors or .bin")
+    return sha256_file(weights[0])
+
+
+def _load_model(base_model_dir: Path, config: TrainingConfig, plan: RunPlan, init_adapter_dir: Path | None = None):
+    """The base model with its LoRA adapter attached (fresh, or `init_adapter_dir`'s), ready for the Trainer."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
@@ -458,6 +468,10 @@ def _load_model(base_model_dir: Path, config: TrainingConfig, plan: RunPlan):
     else:
         dtype = torch.bfloat16 if plan.device == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=dtype)
+    if init_adapter_dir is not None:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(init_adapter_dir), is_trainable=True)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     lora = LoraConfig(
         task_type="CAUSAL_LM",
@@ -643,6 +657,7 @@ def train_adapter(
     adapter_dir: Path,
     checkpoints_dir: Path,
     progress_callback: Callable[[dict], None] | None = None,
+    init_adapter_dir: Path | None = None,
 ) -> TrainResult:
     """Continually pretrain a LoRA adapter on the train split, validating on the validation split.
 
@@ -655,6 +670,8 @@ def train_adapter(
         checkpoints_dir: the Trainer's checkpoints; a later call with the same config and data resumes from the
             newest complete one.
         progress_callback: called with each log line (step, max_steps, loss or eval_loss, ...).
+        init_adapter_dir: continue training this adapter (same base and LoRA shape; `lib.continual` checks)
+            instead of a fresh LoRA; its weights' hash is part of the resume key.
 
     Returns:
         The losses, throughput, sizes and decisions of the run.
@@ -708,13 +725,15 @@ def train_adapter(
         "device": plan.device,
         "method": plan.method,
     }
+    if init_adapter_dir is not None:  # issue #10: a continued run resumes only onto the same parent
+        run_key["init_adapter"] = adapter_identity(Path(init_adapter_dir))
     resume: ResumePlan = plan_resume(checkpoints_dir, run_key)
     log.info("Checkpoints: %s", resume.reason)
 
     set_seed(config.seed)
     if plan.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = _load_model(base_model_dir, config, plan)
+    model = _load_model(base_model_dir, config, plan, init_adapter_dir=init_adapter_dir)
     if config.gradient_checkpointing and plan.method == "lora":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

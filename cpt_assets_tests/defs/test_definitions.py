@@ -20,6 +20,8 @@ GRAPH = [
     "eval_report",
     "merged_model",
     "gguf_model",
+    "control_text",
+    "model_version",
 ]
 
 
@@ -32,7 +34,8 @@ def test_definitions_load_with_the_whole_graph_in_order():
         "page_text": {"raw_pdfs"},
         "clean_chunks": {"page_text", "base_model"},  # chunks are sized in the base model's tokens
         "corpus_splits": {"clean_chunks"},
-        "lora_adapter": {"corpus_splits", "base_model"},
+        "lora_adapter": {"corpus_splits", "base_model", "control_text"},
+        "model_version": {"gguf_model", "control_text"},
         "eval_report": {"base_model", "corpus_splits", "lora_adapter"},  # every asset it reads
         "merged_model": {"lora_adapter", "base_model"},
         "gguf_model": {"merged_model", "corpus_splits", "base_model", "lora_adapter", "eval_report"},

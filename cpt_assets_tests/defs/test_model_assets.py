@@ -11,6 +11,7 @@ import pytest
 
 from cpt_assets.defs.evaluation.assets import eval_report
 from cpt_assets.defs.export.assets import gguf_model, merged_model
+from cpt_assets.defs.registry.control import control_text
 from cpt_assets.defs.training.adapter import lora_adapter
 from cpt_assets.defs.training.base import base_model
 from cpt_assets.lib.gguf_export import read_provenance
@@ -45,7 +46,7 @@ TINY_GGUF = {
 @pytest.fixture(scope="module")
 def model_run(corpus_lake, tiny_model_dir):
     return corpus_lake.materialize(
-        [base_model, lora_adapter, eval_report, merged_model, gguf_model],
+        [control_text, base_model, lora_adapter, eval_report, merged_model, gguf_model],
         run_config={
             "ops": {
                 "base_model": {"config": {"source": str(tiny_model_dir)}},

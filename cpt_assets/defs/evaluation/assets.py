@@ -4,6 +4,7 @@ from dataclasses import asdict
 
 import dagster as dg
 
+from cpt_assets.defs.automation import follow
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.splits import corpus_splits
 from cpt_assets.defs.metadata import check_result, numbers, png_markdown, sig, table, timings_table
@@ -48,6 +49,7 @@ def metrics_table(report) -> dg.MetadataValue:
 
 
 @dg.asset(
+    automation_condition=follow(),  # issue #10: follows lora_adapter
     deps=[base_model, corpus_splits, lora_adapter],  # every asset it reads
     group_name="evaluation",
     kinds={"pytorch", "json"},

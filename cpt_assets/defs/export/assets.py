@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from cpt_assets.defs.automation import follow
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.splits import corpus_splits
 from cpt_assets.defs.metadata import check_result, megabytes, numbers, short_hash, sig, table, text
@@ -48,6 +49,7 @@ FIDELITY_COLUMNS = ["type", "tokenization", "gguf_ppl", "drift_pct", "same_compl
 
 
 @dg.asset(
+    automation_condition=follow(),  # issue #10: follows lora_adapter
     deps=[lora_adapter, base_model],
     group_name="export",
     kinds={"peft", "safetensors"},
@@ -118,6 +120,7 @@ def export_provenance(lake: Lake, run_id: str) -> Provenance:
 
 
 @dg.asset(
+    automation_condition=follow(),  # issue #10: follows lora_adapter
     deps=[merged_model, corpus_splits, base_model, lora_adapter, "eval_report"],  # provenance reads base + adapter
     group_name="export",
     kinds={"gguf", "llama.cpp", "ollama"},

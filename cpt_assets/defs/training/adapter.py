@@ -12,7 +12,17 @@ import dagster as dg
 
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.splits import corpus_splits
-from cpt_assets.defs.metadata import check_result, megabytes, numbers, png_markdown, short_hash, sig, table, text
+from cpt_assets.defs.metadata import (
+    check_result,
+    megabytes,
+    numbers,
+    png_markdown,
+    short_hash,
+    sig,
+    table,
+    table_value,
+    text,
+)
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.base import base_model
 from cpt_assets.lib.lake import Lake, read_split
@@ -20,6 +30,46 @@ from cpt_assets.lib.launch import process_count, train_adapter_launched
 from cpt_assets.lib.training import TrainingConfig, loss_table, mfu, plot_losses, resolve_plan, train_adapter
 
 TrainingRunConfig = config_class(TrainingConfig, "TrainingRunConfig")
+
+# ---- issue #10: continuation from the promoted version, replay ------------------------------------------------
+from dataclasses import replace  # noqa: E402
+
+from cpt_assets.defs.automation import MODEL_AUTOMATION, TRAIN_AUTOMATION  # noqa: E402
+from cpt_assets.defs.registry.control import control_text  # noqa: E402
+from cpt_assets.lib.base_model import describe_model_dir  # noqa: E402
+from cpt_assets.lib.continual import CONTINUAL_FILE, ContinualConfig, prepare_training  # noqa: E402
+from cpt_assets.lib.control_text import read_control_documents, texts_of  # noqa: E402
+from cpt_assets.lib.lake import atomic_path  # noqa: E402
+from cpt_assets.lib.registry import promoted_version, read_versions  # noqa: E402
+
+ContinualRunConfig = config_class(ContinualConfig, "ContinualRunConfig")
+
+
+class AdapterRunConfig(TrainingRunConfig, ContinualRunConfig):  # type: ignore[misc, valid-type]
+    """Training settings plus replay and continuation settings (ContinualConfig)."""
+
+
+def continual_inputs(lk: Lake, training_config: TrainingConfig, continual: ContinualConfig):
+    """Parent version and replay mix of this run (lib.continual decides; this reads the lake)."""
+    continual.validate()
+    if not lk.control_text_path.exists():
+        raise FileNotFoundError(
+            f"no general-text control set at {lk.control_text_path}: materialise control_text first "
+            "(ContinualConfig.general_replay_share needs its replay part)"
+        )
+    general = texts_of(read_control_documents(lk), "replay")
+    promoted = promoted_version(read_versions(lk))
+    parent = None
+    if promoted:
+        parent = (promoted.version, lk.registry_version_dir(promoted.version) / "adapter", promoted.base_sha256)
+    shape = {
+        "r": training_config.lora_r,
+        "lora_alpha": training_config.lora_alpha,
+        "use_rslora": training_config.use_rslora,
+        "target_modules": list(training_config.target_modules),
+    }
+    base_sha = describe_model_dir(lk.base_model_dir, "").weights_sha256
+    return prepare_training(split_texts(lk, "train"), general, parent, base_sha, shape, continual)
 
 
 def split_texts(lake: Lake, split: str) -> dict[str, list[str]]:
@@ -31,11 +81,12 @@ def split_texts(lake: Lake, split: str) -> dict[str, list[str]]:
 
 
 @dg.asset(
-    deps=[corpus_splits, base_model],
+    deps=[corpus_splits, base_model, control_text],
     group_name="model",
     kinds={"pytorch", "peft"},
     pool="gpu",
     tags={"pool": "gpu"},  # the pool, visible on the asset page (pool= alone shows only in compute details)
+    automation_condition=TRAIN_AUTOMATION if MODEL_AUTOMATION else None,
     # The device is decided when the step runs (the webserver and the worker may be different machines); the run
     # gets a `cpt/device` tag then. This static tag only says that the step wants an accelerator.
     op_tags={"cpt/accelerator": "gpu"},
@@ -51,12 +102,19 @@ def split_texts(lake: Lake, split: str) -> dict[str, list[str]]:
     "checkpoints when materialised again with the same config and data.",
 )
 def lora_adapter(
-    context: dg.AssetExecutionContext, config: TrainingRunConfig, lake: LakeResource
+    context: dg.AssetExecutionContext, config: AdapterRunConfig, lake: LakeResource
 ) -> dg.MaterializeResult:
     training_config = to_dataclass(config, TrainingConfig)
+    continual = to_dataclass(config, ContinualConfig)
     lk = lake.lake()
     if not lk.split_path("train").exists():
         raise FileNotFoundError(f"no train split at {lk.split_path('train')}: materialise corpus_splits first")
+    inputs = continual_inputs(lk, training_config, continual)
+    context.log.info(f"start: {inputs.plan.reason}; mix {inputs.mix.tokens}")
+    if inputs.plan.parent_version:  # re-warm, then the schedule decays again (Ibrahim et al. 2024)
+        training_config = replace(
+            training_config, warmup_steps=max(training_config.warmup_steps, continual.rewarm_steps)
+        )
 
     def progress(line: dict) -> None:
         context.log.info(json.dumps({k: v for k, v in line.items() if isinstance(v, (int, float, str))}))
@@ -66,17 +124,20 @@ def lora_adapter(
     context.instance.add_run_tags(context.run_id, {"cpt/device": plan.device, "cpt/processes": str(processes)})
     args = (
         lk.base_model_dir,
-        split_texts(lk, "train"),
+        inputs.mix.documents,
         split_texts(lk, "validation"),
         training_config,
         lk.adapter_dir,
         lk.checkpoints_dir,
     )
+    init = {"init_adapter_dir": inputs.plan.parent_adapter_dir}  # continuing from the promoted version, or None
     if processes > 1:
         context.log.info(f"training with {processes} processes (torchrun, DDP)")
-        result = train_adapter_launched(processes, *args, progress_callback=progress)
+        result = train_adapter_launched(processes, *args, progress_callback=progress, **init)
     else:
-        result = train_adapter(*args, progress_callback=progress)
+        result = train_adapter(*args, progress_callback=progress, **init)
+    with atomic_path(lk.adapter_dir / CONTINUAL_FILE) as tmp:
+        tmp.write_text(json.dumps(inputs.record(), indent=2))
     utilisation = mfu(result.tokens_per_second, result.total_parameters, result.gpu_name, result.world_size)
     chart = plot_losses(result, lk.training_chart_path)
     base_loss, final_loss = result.base_eval_loss, result.final_eval_loss
@@ -123,6 +184,10 @@ def lora_adapter(
             "loss_chart": png_markdown(chart, "train and validation loss"),
             "losses": table(loss_table(result), ["step", "train_loss", "validation_loss"]),
             "adapter_path": dg.MetadataValue.path(str(result.adapter_dir)),
+            "parent_version": inputs.plan.parent_version or "none",
+            "start_reason": inputs.plan.reason,
+            "replay_mix": table_value(inputs.mix.table(), ["part", "documents", "tokens", "share"]),
+            **{f"tokens_{part}": tokens for part, tokens in inputs.mix.tokens.items()},
         },
         data_version=dg.DataVersion(f"{result.config_hash}-{result.data_fingerprint[:8]}"),
         check_results=[
