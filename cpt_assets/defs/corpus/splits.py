@@ -137,10 +137,9 @@ def corpus_splits(
             "cross_split_duplicates_dropped": result.cross_split_duplicates,
             "max_ratio_deviation": round(max(deviation.values()), 4),
             "sources": text(sorted(snapshot.versions)),
-            "sources_missing": text([f"{name}: {why}" for name, why in snapshot.missing.items()]),
-            "chunk_versions_used": table(
-                [{"source": name, "data_version": version} for name, version in sorted(snapshot.versions.items())]
-            ),
+            # JSON: the CLI's summary and the fault tests read these back (source -> reason / data version)
+            "sources_missing": dg.MetadataValue.json(snapshot.missing),
+            "chunk_versions_used": dg.MetadataValue.json(snapshot.versions),
             "orphan_temp_files_removed": len(removed),
             "splits": table(per_split, ["split", "documents", "chunks", "tokens", "token_share", "target"]),
             # full hashes: gguf_model's provenance is compared with these (and they are in the lake's split files)
