@@ -80,7 +80,7 @@ def test_refresh_continues_from_the_promoted_version_and_the_gate_guards_the_ser
             defs=dg.Definitions(assets=ALL, resources=resources), instance=instance, cursor=cursor
         )
         cursor = result.cursor
-        return {r.asset_key.to_user_string() for r in result.results if r.true_subset.size > 0}
+        return {r.key.to_user_string() for r in result.results if r.true_subset.size > 0}
 
     refresh()
     first = run(MODEL, run_config=model_config(tiny_model_dir))
