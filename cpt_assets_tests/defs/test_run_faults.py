@@ -92,7 +92,7 @@ def test_an_empty_pdf_folder_is_a_red_blocking_check_naming_the_folder(tmp_path)
     assert not result.success
     check = check_evaluations(result)["source_has_documents"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
-    assert check.description == f"source 'ietf': no PDFs found in {empty}"
+    assert check.description == f"[ietf] source 'ietf': no PDFs found in {empty}"  # the partition it judged
 
 
 def _cli(tmp_path: Path, registry_text: str, *args: str) -> subprocess.CompletedProcess:

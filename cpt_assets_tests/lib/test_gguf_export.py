@@ -318,7 +318,7 @@ def test_kld_rows_per_type_with_and_without_imatrix(export, config):
         pair = [r for r in rows if r.file_type == file_type]
         best = min(pair, key=lambda r: r.mean_kld)
         assert best.file == gguf_file_name("model", file_type) in kept
-        with_imatrix = read_provenance(export.folder / best.file).get("quantize.imatrix.file")
+        with_imatrix = gguf_metadata(export.folder / best.file).get("quantize.imatrix.file")
         assert bool(with_imatrix) is best.imatrix  # llama-quantize records the imatrix it used
 
 

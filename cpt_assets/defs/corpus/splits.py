@@ -7,7 +7,7 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.assets import FOLLOW_UPSTREAM, chunks_version, clean_chunks, corpus_check
-from cpt_assets.defs.metadata import short_hash, table, text
+from cpt_assets.defs.metadata import short_hash, table
 from cpt_assets.defs.resources import LakeResource, SourcesResource
 from cpt_assets.lib.lake import Lake, read_records, write_splits
 from cpt_assets.lib.splits import (
@@ -136,7 +136,7 @@ def corpus_splits(
             "tokens": sum(c.n_tokens for r in result.rows.values() for c in r),
             "cross_split_duplicates_dropped": result.cross_split_duplicates,
             "max_ratio_deviation": round(max(deviation.values()), 4),
-            "sources": text(sorted(snapshot.versions)),
+            "sources": dg.MetadataValue.json(sorted(snapshot.versions)),
             # JSON: the CLI's summary and the fault tests read these back (source -> reason / data version)
             "sources_missing": dg.MetadataValue.json(snapshot.missing),
             "chunk_versions_used": dg.MetadataValue.json(snapshot.versions),
