@@ -31,6 +31,7 @@ from dagster._cli.job import _create_run
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.execution.job_backfill import create_backfill_run
 from dagster._core.launcher import DefaultRunLauncher
+from dagster._core.remote_representation.external_data import PartitionExecutionErrorSnap
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 from dagster._core.utils import make_new_backfill_id
 from dagster._core.workspace.context import WorkspaceProcessContext, WorkspaceRequestContext
@@ -83,8 +84,9 @@ def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     """The run worker's pid from the engine event the worker records when it starts ("Started process for run")."""
     records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
     for record in reversed(records):
-        pid = record.event_log_entry.dagster_event.engine_event_data.metadata.get("pid")
-        if pid is not None:
+        event = record.event_log_entry.dagster_event
+        pid = event.engine_event_data.metadata.get("pid") if event is not None else None
+        if pid is not None and isinstance(pid.value, (int, str)):
             return int(pid.value)
     return None
 
@@ -125,7 +127,7 @@ def sweep_zombies(instance: dg.DagsterInstance, retry: bool = True) -> list[str]
             continue
         if not retry:
             instance.add_run_tags(run.run_id, {"dagster/max_retries": "0"})
-            run = instance.get_run_by_id(run.run_id)
+            run = instance.get_run_by_id(run.run_id) or run
         instance.report_run_failed(run, f"run worker process {pid} is gone (killed or crashed); marked failed")
         failed.append(run.run_id)
     return failed
@@ -285,6 +287,8 @@ def submit_backfill(
     params = location.get_partition_set_execution_params(
         repository_handle=repo.handle, partition_set_name=partition_set.name, partition_names=todo, instance=instance
     )
+    if isinstance(params, PartitionExecutionErrorSnap):
+        raise RuntimeError(f"the partitions of {job} could not be resolved: {params.error}")
     for data in params.partition_data:
         run = create_backfill_run(
             context, instance, location, remote_job, partition_set, backfill, data.name, data.tags, data.run_config
@@ -323,6 +327,8 @@ def current_step(instance: dg.DagsterInstance, run_id: str) -> str | None:
     running: dict[str, None] = {}
     for record in instance.get_records_for_run(run_id, of_type=STEP_EVENTS).records:
         event = record.event_log_entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
         if event.event_type == dg.DagsterEventType.STEP_START:
             running[event.step_key] = None
         else:
@@ -376,19 +382,19 @@ def failure_reason(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
             dg.DagsterEventType.ASSET_CHECK_EVALUATION,
         },
     ).records
-    events = [record.event_log_entry for record in records]
-    evaluations = [
-        e.dagster_event.event_specific_data
-        for e in events
-        if e.dagster_event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    events = [
+        (record.event_log_entry, record.event_log_entry.dagster_event)
+        for record in records
+        if record.event_log_entry.dagster_event is not None
     ]
     checks = [
-        f"check {c.check_name} failed: {c.description}"
-        for c in evaluations
-        if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR
+        f"check {data.check_name} failed: {data.description}"
+        for _, event in events
+        if isinstance(data := event.event_specific_data, dg.AssetCheckEvaluation)
+        and not data.passed
+        and data.severity == dg.AssetCheckSeverity.ERROR
     ]
-    for entry in events:
-        event = entry.dagster_event
+    for _, event in events:
         if event.event_type == dg.DagsterEventType.STEP_FAILURE:
             if checks:
                 return f"step {event.step_key}: {'; '.join(checks)}"
@@ -397,8 +403,8 @@ def failure_reason(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
                 error = error.cause  # the user's exception is the innermost cause
             message = (error.message if error else "").strip().splitlines()
             return f"step {event.step_key}: {message[0] if message else 'failed'}"
-    for entry in events:
-        if entry.dagster_event.event_type == dg.DagsterEventType.RUN_FAILURE:
+    for entry, event in events:
+        if event.event_type == dg.DagsterEventType.RUN_FAILURE:
             return entry.message or entry.user_message
     return run.status.value.lower()
 
@@ -406,8 +412,8 @@ def failure_reason(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
 # ---- the main job ------------
 def _splits_metadata(instance: dg.DagsterInstance, run_id: str) -> dict:
     for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records:
-        materialization = record.event_log_entry.dagster_event.event_specific_data.materialization
-        if materialization.asset_key == dg.AssetKey("corpus_splits"):
+        materialization = record.event_log_entry.asset_materialization
+        if materialization is not None and materialization.asset_key == dg.AssetKey("corpus_splits"):
             return {key: value.value for key, value in materialization.metadata.items()}
     return {}
 

@@ -10,14 +10,19 @@ stage=${CPT_STAGE:-/root/cpt-stage}
 mkdir -p "$stage"
 cp -n .carry/bundle/part-* "$stage/" 2>/dev/null || true
 [ -d .carry/corpus ] && cp -rn .carry/corpus "$stage/" || true
+if [ -d .carry/fortunes ] && [ ! -f /usr/share/games/fortunes/literature ]; then
+  mkdir -p /usr/share/games && cp -r .carry/fortunes /usr/share/games/fortunes  # what apt's `fortunes` would install
+fi
 ls -l "$stage"
 [ "${1:-stage}" = run ] || exit 0
 if [ ! -f "$stage/wheels/.unpacked" ]; then
   mkdir -p "$stage/wheels"
-  cat "$stage"/part-* | tar -xf - -C "$stage/wheels"
+  cat "$stage"/part-* | gunzip | tar -xf - -C "$stage/wheels"
+  mkdir -p "$stage/llama.cpp" && tar -xf "$stage/wheels/llama-tools.tar" -C "$stage/llama.cpp"
   touch "$stage/wheels/.unpacked"
 fi
-export CPT_WHEELS="$stage/wheels" CPT_MIRROR="$stage/corpus"
+export CPT_WHEELS="$stage/wheels" CPT_MIRROR="$stage/corpus" CPT_LLAMA_CPP_CACHE="$stage/llama.cpp"
+export CPT_BUILD_JOBS=$(nproc)
 start=$(date +%s)
 bash scripts/setup.sh
 echo "install: $(( $(date +%s) - start )) s"

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dagster as dg
 
@@ -90,7 +90,7 @@ def _cell(value: Any, chars: int, digits: int) -> Any:
 def _row_dict(row: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(row) and not isinstance(row, type):
         return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
-    return dict(row)
+    return dict(cast(Mapping[str, Any], row))
 
 
 def _column_type(values: Iterable[Any]) -> str:

@@ -180,7 +180,7 @@ def export_base_model(source: str, out_dir: Path, force: bool = False) -> BaseMo
         )
         # The weights are already dequantized to float32, but the model still carries the GGUF quantizer and its
         # config, which save_pretrained refuses to serialise: drop both so it saves as a plain float32 model.
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # noqa: B010 (a Module attribute that is not a tensor)
         if hasattr(model.config, "quantization_config"):
             delattr(model.config, "quantization_config")
     else:
@@ -222,7 +222,7 @@ def make_tiny_llama(
         num_key_value_heads=kv_heads,
         max_position_embeddings=context_length,
         rms_norm_eps=1e-5,
-        rope_theta=100000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -118,7 +118,7 @@ def train_sentence_splitter(
     """
     texts = [t for t in texts if t.strip()]
     trainer = PunktTrainer()
-    trainer.INCLUDE_ALL_COLLOCS = True  # learn "No. 5"-style collocations, not only those after abbreviations
+    trainer.INCLUDE_ALL_COLLOCS = True  # pyright: ignore[reportAttributeAccessIssue] # learn "No. 5"-style collocations, not only those after abbreviations
     if texts:
         share = max(1, max_chars // len(texts))
         sample = "\n\n".join(text[:share] for text in texts)
@@ -394,8 +394,16 @@ def chunk_documents(
         _add(edits, cleaned.edits)
         first = pages[0]
         docs.append(
-            _Doc(doc_id, first.source, first.doc_sha256, len(pages), cleaned.pages_kept, cleaned.chars_in, cleaned.text,
-                 ocr=any(p.method == "ocr" for p in pages))  # fmt: skip
+            _Doc(
+                doc_id,
+                first.source,
+                first.doc_sha256,
+                len(pages),
+                cleaned.pages_kept,
+                cleaned.chars_in,
+                cleaned.text,
+                ocr=any(p.method == "ocr" for p in pages),
+            )  # fmt: skip
         )
     timings["clean"] = time.perf_counter() - tick
 
@@ -565,7 +573,7 @@ def _cut_long_units(doc: _Doc, tokenizer: Any, config: ChunkingConfig) -> None:
         line_counts = count_tokens(
             tokenizer, [doc.text[(lines[k - 1][1] if k else s) : e] for k, (s, e) in enumerate(lines)]
         )
-        group_start, group_tokens, group_end = None, 0, None
+        group_start, group_tokens, group_end = None, 0, 0
         for (s, e), n in zip(lines, line_counts, strict=True):
             if group_start is not None and group_tokens + n > config.target_tokens:
                 spans.append((group_start, group_end))

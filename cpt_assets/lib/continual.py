@@ -262,19 +262,22 @@ def promotion_decision(inputs: GateInputs, forgetting_bound: float) -> GateDecis
     return GateDecision(promote, reason, beats, within, inputs.gguf_checks_passed, change)
 
 
-# ---- scoring (narrow on purpose: switches to lib.scoring of issue #8 in one place) ------------------------------
+# ---- scoring: lib.scoring's stream, packing and per-token loss, as the evaluation report scores ------------------
 def perplexity_of(model, tokenizer, texts: Sequence[str], block_size: int, max_blocks: int = 0, batch_size: int = 4):
-    """Token-weighted perplexity of `texts`, packed with EOS between documents into blocks of `block_size`."""
-    from cpt_assets.lib.evaluation import block_losses, pack_eval_blocks
-    from cpt_assets.lib.metrics import perplexity
+    """Token-weighted perplexity of `texts`, scored as `eval_report` scores the test split.
 
-    token_lists = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    blocks = pack_eval_blocks(token_lists, block_size, tokenizer.eos_token_id)
-    if max_blocks:
-        blocks = blocks[:max_blocks]
+    The document stream (separator after each), blocks of `block_size` with the tail kept, the first `max_blocks`
+    of them (0: all).
+    """
+    import numpy as np
+
+    from cpt_assets.lib import scoring
+
+    stream = scoring.document_stream(scoring.tokenize_texts(texts, tokenizer), scoring.document_separator_id(tokenizer))
+    blocks = scoring.pack(stream, block_size, keep_tail=True, max_blocks=max_blocks)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    losses = block_losses(model, blocks, batch_size, pad)
-    return perplexity(sum(s for s, _ in losses), sum(n for _, n in losses))
+    losses = scoring.block_nll(model, blocks, batch_size, pad)
+    return scoring.perplexity(np.concatenate(losses) if losses else np.zeros(0))
 
 
 def perplexities(

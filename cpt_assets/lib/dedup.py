@@ -139,11 +139,11 @@ class NearDuplicateIndex:
 
     def add(self, key: str, minhash: MinHash) -> str | None:
         """Insert `key`; return the earliest inserted key estimated at least `threshold` similar, if any."""
-        match = None
+        match: str | None = None
         if key in self.minhashes:
             return None
         best_order = None
-        for candidate in self.lsh.query(minhash):
+        for candidate in map(str, self.lsh.query(minhash)):
             if minhash.jaccard(self.minhashes[candidate]) >= self.config.near_duplicate_threshold:
                 order = self.order[candidate]
                 if best_order is None or order < best_order:

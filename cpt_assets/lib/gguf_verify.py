@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -143,7 +144,8 @@ def hf_reference(
         # On the GPU when there is one: a training step earlier in the same process may have patched the model
         # classes with Liger's Triton kernels, which run on CUDA tensors only.
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = AutoModelForCausalLM.from_pretrained(str(hf_model_dir), dtype=torch.float32).to(device).eval()
+        loaded: Any = AutoModelForCausalLM.from_pretrained(str(hf_model_dir), dtype=torch.float32)
+        model = loaded.to(device).eval()
     if reuse and scored is not None:
         nll = scored.flat_nll()
     else:

@@ -172,7 +172,9 @@ def build_tools(sources: LlamaCpp, jobs: int = 2, tools: Sequence[str] = TOOLS) 
     return seconds
 
 
-def run_tool(command: Sequence[str], env: dict[str, str] | None = None, timeout: float | None = 3600) -> str:
+def run_tool(
+    command: Sequence[str | os.PathLike[str]], env: dict[str, str] | None = None, timeout: float | None = 3600
+) -> str:
     """Run a llama.cpp tool; its combined output, or LlamaToolError with the command and the output's tail."""
     done = subprocess.run(
         [str(c) for c in command], capture_output=True, text=True, env=env, timeout=timeout, errors="replace"

@@ -37,7 +37,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import pymupdf
 
@@ -202,7 +202,7 @@ def _table_candidate(page: pymupdf.Page, text: str) -> bool:
     short = sum(len(line.strip()) <= 30 for line in lines)
     if short < TABLE_MIN_SHORT_LINES or short < 0.3 * len(lines):
         return False
-    return len(page.get_cdrawings()) >= TABLE_MIN_DRAWINGS
+    return len(page.get_cdrawings() or []) >= TABLE_MIN_DRAWINGS
 
 
 def table_markdown(rows: list[list[str | None]]) -> str:
@@ -224,7 +224,8 @@ def _text_with_tables(page: pymupdf.Page) -> tuple[str, int, int] | None:
         (text, tables written, tables of numbers dropped), or None when the finder finds no table.
     """
     try:
-        tables = page.find_tables().tables
+        found = page.find_tables()
+        tables = found.tables if found is not None else []
     except Exception:  # the finder fails on some damaged drawings; the plain text stands
         return None
     if not tables:
@@ -233,7 +234,8 @@ def _text_with_tables(page: pymupdf.Page) -> tuple[str, int, int] | None:
     markdown = [table_markdown(t.extract()) for t in tables]
     emitted: set[int] = set()
     parts = []
-    for block in page.get_text("blocks"):
+    blocks: list[tuple[Any, ...]] = page.get_text("blocks")  # pyright: ignore[reportAssignmentType]
+    for block in blocks:
         if block[6] != 0:
             continue
         centre = pymupdf.Point((block[0] + block[2]) / 2, (block[1] + block[3]) / 2)
@@ -281,7 +283,7 @@ def extract_pages(
     if path is None and not raw.path:
         return [], _failure(raw, "the manifest row names no stored file")
     try:
-        doc = open_pdf(Path(path if path is not None else raw.path))
+        doc = open_pdf(Path(path if path is not None else str(raw.path)))
     except PdfError as error:
         return [], _failure(raw, str(error))
     with doc:
@@ -290,7 +292,7 @@ def extract_pages(
         table_counts: list[tuple[int, int]] = []
         try:
             for page in doc:
-                text = _line_order_text(page.get_textpage()) if line_order else page.get_text("text")
+                text = _line_order_text(page.get_textpage()) if line_order else str(page.get_text("text"))
                 counts = (0, 0)
                 if tables and not line_order and _table_candidate(page, text):
                     found = _text_with_tables(page)
@@ -316,7 +318,7 @@ def extract_pages(
                     textpage = page.get_textpage_ocr(
                         language=ocr_language, dpi=ocr_dpi, full=True, tessdata=tessdata_dir()
                     )
-                    texts[i] = page.get_text("text", textpage=textpage)
+                    texts[i] = str(page.get_text("text", textpage=textpage))
                 except Exception as error:
                     return [], _failure(raw, f"OCR failed on page {i + 1}: {error}")
                 methods[i] = "ocr"
@@ -491,6 +493,7 @@ def extract_source(
             pages.extend(previous)
             documents.append(_summary(raw, "reused", previous, doc_started))
             continue
+        new_pages: list = []
         if raw.status == "ok" and _reusable_failure(old_failures.get(raw.doc_id), raw.sha256):
             failure = old_failures[raw.doc_id]
         else:
@@ -499,8 +502,15 @@ def extract_source(
             failures.append(failure)
             documents.append(
                 DocumentText(
-                    raw.doc_id, "failed", 0, 0, 0, time.perf_counter() - doc_started, failure.error,
-                    verdict=failure_status(failure), reason=failure.error,
+                    raw.doc_id,
+                    "failed",
+                    0,
+                    0,
+                    0,
+                    time.perf_counter() - doc_started,
+                    failure.error,
+                    verdict=failure_status(failure),
+                    reason=failure.error,
                 )  # fmt: skip
             )
             logger.warning("%s: %s", raw.doc_id, failure.error)

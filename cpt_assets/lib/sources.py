@@ -533,8 +533,8 @@ def _obtain_url(
         # A stored copy that did not open last time (an HTML error page, a truncated file) is fetched again.
         # Otherwise keep what is there when nothing is pinned, or when it is what the last run downloaded for this
         # same pin (a publisher re-issued the PDF: reported as a mismatch, not re-downloaded on every refresh).
-        if not (same_as_before and previous.status == "failed") and (
-            ref.sha256 is None or (same_as_before and previous.pinned_sha256 == ref.sha256)
+        if not (previous is not None and same_as_before and previous.status == "failed") and (
+            ref.sha256 is None or (previous is not None and same_as_before and previous.pinned_sha256 == ref.sha256)
         ):
             return "cached", sha
     if mirror is not None and (found := mirror.lookup(ref.sha256)) is not None:

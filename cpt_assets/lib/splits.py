@@ -94,7 +94,7 @@ def assign_documents(
     for doc_id, (source, _) in doc_tokens.items():
         by_source[source].append(doc_id)
     for _source, docs in sorted(by_source.items()):
-        totals = dict.fromkeys(SPLITS, 0)
+        totals: dict[str, int] = dict.fromkeys(SPLITS, 0)
         for doc in docs:
             if doc in assigned:
                 totals[assigned[doc]] += doc_tokens[doc][1]
@@ -126,7 +126,7 @@ def rebalance(
     """
     assigned = dict(assigned)
     ratios = config.ratios()
-    totals = dict.fromkeys(SPLITS, 0)
+    totals: dict[str, int] = dict.fromkeys(SPLITS, 0)
     count: dict[tuple[str, str], int] = defaultdict(int)
     for doc, split in assigned.items():
         totals[split] += doc_tokens[doc][1]
@@ -240,7 +240,7 @@ def ratio_check(token_share: dict[str, float], config: SplitConfig, documents: i
     MIN_DOCUMENTS_FOR_RATIOS the outcome passes and says so instead of raising a false alarm.
     """
     deviation = ratio_deviation(token_share, config)
-    worst = max(deviation, key=deviation.get)
+    worst = max(deviation, key=lambda name: deviation[name])
     details = {
         name: {"share": round(token_share.get(name, 0.0), 4), "target": getattr(config, name)} for name in SPLITS
     }

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cpt_assets.lib.base_model import has_weights
 from cpt_assets.lib.checkpoints import ResumePlan, plan_resume
@@ -68,7 +68,7 @@ class TrainingConfig:
     lora_r: int = 128  # adapter rank
     lora_alpha: int = 32  # scaling numerator: alpha / sqrt(r) with rsLoRA
     lora_dropout: float = 0.0  # dropout on the adapter input
-    lora_bias: str = "none"  # which biases train: none, all, lora_only
+    lora_bias: Literal["none", "all", "lora_only"] = "none"  # which biases train: none, all, lora_only
     use_rslora: bool = True  # rank-stabilised scaling (alpha / sqrt(r) instead of alpha / r)
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     train_embeddings: bool = False  # also train embed_tokens and lm_head in full (peft modules_to_save)
@@ -447,7 +447,7 @@ def _load_model(base_model_dir: Path, config: TrainingConfig, plan: RunPlan, ini
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM
 
-    modules_to_save = list(EMBEDDING_MODULES) if config.train_embeddings else None
+    modules_to_save: list[str] | None = list(EMBEDDING_MODULES) if config.train_embeddings else None
     if plan.method == "unsloth":
         return _load_unsloth(base_model_dir, config, modules_to_save)
 
@@ -492,7 +492,7 @@ def _load_model(base_model_dir: Path, config: TrainingConfig, plan: RunPlan, ini
 def _load_unsloth(base_model_dir: Path, config: TrainingConfig, modules_to_save: list[str] | None):
     """Load with unsloth's FastLanguageModel from the local folder, LoRA through its get_peft_model."""
     import torch
-    from unsloth import FastLanguageModel
+    from unsloth import FastLanguageModel  # pyright: ignore[reportMissingImports]  (the optional unsloth extra)
 
     model, _ = FastLanguageModel.from_pretrained(
         model_name=str(base_model_dir),
@@ -536,7 +536,8 @@ def _make_trainer_class():
             if self.embedding_learning_rate is None or self.optimizer is not None:
                 return super().create_optimizer(model)
             opt_model = self.model if model is None else model
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            assert opt_model is not None, "the Trainer has no model"
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)  # pyright: ignore[reportArgumentType]
             named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
             groups = [
                 {"params": [p for n, p in named if "modules_to_save" not in n], "weight_decay": self.args.weight_decay},
@@ -690,7 +691,7 @@ def train_adapter(
         if "transformers" in sys.modules and "unsloth" not in sys.modules:
             log.warning("transformers was imported before unsloth; some of unsloth's patches may not apply")
         try:
-            import unsloth  # noqa: F401
+            import unsloth  # noqa: F401  # pyright: ignore[reportMissingImports]
         except Exception as error:  # installed but unusable here (its versions pins, no supported GPU, ...)
             reason = f"unsloth is installed but failed to import ({type(error).__name__}: {error}); running peft LoRA"
             log.warning("Training method fallback: %s", reason)
@@ -701,6 +702,7 @@ def train_adapter(
 
     set_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
+    assert train_texts is not None and validation_texts is not None  # check_inputs raised otherwise
     train = pack_blocks(train_texts, tokenizer, config.block_size)
     validation = pack_blocks(validation_texts, tokenizer, config.block_size)
     for name, packed in (("train", train), ("validation", validation)):
@@ -798,7 +800,7 @@ def train_adapter(
             trainer.embedding_learning_rate = config.embedding_learning_rate
 
         finished = _finished_state(resume.checkpoint)
-        if finished is not None:
+        if finished is not None and resume.checkpoint is not None:
             # The checkpoint is the run's last step: the Trainer would take one more step past it, so load it instead.
             from peft import set_peft_model_state_dict
 
@@ -840,7 +842,7 @@ def train_adapter(
     info_run = {"config": config.to_dict(), "run": run_key, "plan": asdict(plan)}
     if int(os.environ.get("RANK", "0")) == 0:
         with atomic_path(adapter_dir) as tmp:
-            trainer.model.save_pretrained(str(tmp))
+            trainer.model.save_pretrained(str(tmp))  # pyright: ignore[reportOptionalMemberAccess, reportCallIssue]
             tokenizer.save_pretrained(str(tmp))
             (tmp / TRAINING_INFO_FILE).write_text(json.dumps(info_run, indent=2, default=str))
 

@@ -23,7 +23,10 @@ from cpt_assets.lib.types import Chunk
 
 # One writer of data_lake/splits/ and catalog.duckdb at a time (dagster.yaml gives every pool one slot).
 SPLITS_POOL = "lake_writer"
-SplitRunConfig = config_class(SplitConfig, "SplitRunConfig")
+
+
+class SplitRunConfig(config_class(SplitConfig, "SplitRunConfigBase")):
+    """SplitConfig's fields as run config (a class, so type checkers accept it as an annotation)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ def chunk_snapshot(instance: dg.DagsterInstance, lk: Lake, registered: list[str]
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=clean_chunks.key, asset_partitions=[name]), limit=1, ascending=False
         ).records
-        recorded = records[0].asset_materialization.tags.get(DATA_VERSION_TAG) if records else None
+        materialization = records[0].asset_materialization if records else None
+        recorded = materialization.tags.get(DATA_VERSION_TAG) if materialization and materialization.tags else None
         if recorded is not None and recorded != on_disk:
             missing[name] = f"chunks on disk ({on_disk}) are not the last recorded materialisation ({recorded})"
             continue

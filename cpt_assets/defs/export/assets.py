@@ -33,7 +33,11 @@ from cpt_assets.lib.merge import merge_adapter
 from cpt_assets.lib.splits import split_content_hash
 from cpt_assets.lib.training import TRAINING_INFO_FILE
 
-GGUFRunConfig = config_class(GGUFExportConfig, "GGUFRunConfig")
+
+class GGUFRunConfig(config_class(GGUFExportConfig, "GGUFRunConfigBase")):
+    """GGUFExportConfig's fields as run config (a class, so type checkers accept it as an annotation)."""
+
+
 GGUF_CHECKS = {
     "gguf_loads_in_llama_cpp": "every GGUF file (F16 and each quantization) loads in llama.cpp",
     "gguf_tokenization_matches_hf": "llama.cpp tokenizes the test texts into exactly the token ids the HF tokenizer "

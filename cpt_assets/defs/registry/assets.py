@@ -36,7 +36,11 @@ from cpt_assets.lib.registry import (
 from cpt_assets.lib.splits import split_content_hash
 from cpt_assets.lib.training import TRAINING_INFO_FILE
 
-GateRunConfig = config_class(GateConfig, "GateRunConfig")
+
+class GateRunConfig(config_class(GateConfig, "GateRunConfigBase")):
+    """GateConfig's fields as run config (a class, so type checkers accept it as an annotation)."""
+
+
 DECIDING_CHECKS = ("candidate_beats_promoted", "candidate_within_forgetting_bound", "candidate_gguf_checks_pass")
 
 
@@ -122,7 +126,9 @@ def model_version(context: dg.AssetExecutionContext, config: GateRunConfig, lake
             "reason": row.reason,
             "domain_perplexity_base": round(scores["base"]["domain"], 4),
             "domain_perplexity_candidate": round(inputs.candidate_domain_perplexity, 4),
-            "domain_perplexity_promoted": round(inputs.promoted_domain_perplexity, 4) if promoted else None,
+            "domain_perplexity_promoted": (
+                round(inputs.promoted_domain_perplexity, 4) if inputs.promoted_domain_perplexity is not None else None
+            ),
             "control_perplexity_base": round(inputs.base_control_perplexity, 4),
             "control_perplexity_candidate": round(inputs.candidate_control_perplexity, 4),
             "control_perplexity_change": round(decision.control_change, 5),

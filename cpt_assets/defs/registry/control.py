@@ -14,7 +14,9 @@ from cpt_assets.lib.control_text import (
     write_control_documents,
 )
 
-ControlTextRunConfig = config_class(ControlTextConfig, "ControlTextRunConfig")
+
+class ControlTextRunConfig(config_class(ControlTextConfig, "ControlTextRunConfigBase")):
+    """ControlTextConfig's fields as run config (a class, so type checkers accept it as an annotation)."""
 
 
 @dg.asset(

@@ -7,9 +7,11 @@ UI rather than through a job (dagster #33430).
 
 import json
 from collections import defaultdict
+from dataclasses import replace
 
 import dagster as dg
 
+from cpt_assets.defs.automation import MODEL_AUTOMATION, TRAIN_AUTOMATION
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.splits import corpus_splits
 from cpt_assets.defs.metadata import (
@@ -23,25 +25,18 @@ from cpt_assets.defs.metadata import (
     table_value,
     text,
 )
+from cpt_assets.defs.registry.control import control_text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.base import base_model
-from cpt_assets.lib.lake import Lake, read_split
+from cpt_assets.lib.base_model import describe_model_dir
+from cpt_assets.lib.continual import CONTINUAL_FILE, ContinualConfig, prepare_training
+from cpt_assets.lib.control_text import read_control_documents, texts_of
+from cpt_assets.lib.lake import Lake, atomic_path, read_split
 from cpt_assets.lib.launch import process_count, train_adapter_launched
+from cpt_assets.lib.registry import promoted_version, read_versions
 from cpt_assets.lib.training import TrainingConfig, loss_table, mfu, plot_losses, resolve_plan, train_adapter
 
 TrainingRunConfig = config_class(TrainingConfig, "TrainingRunConfig")
-
-# ---- issue #10: continuation from the promoted version, replay ------------------------------------------------
-from dataclasses import replace  # noqa: E402
-
-from cpt_assets.defs.automation import MODEL_AUTOMATION, TRAIN_AUTOMATION  # noqa: E402
-from cpt_assets.defs.registry.control import control_text  # noqa: E402
-from cpt_assets.lib.base_model import describe_model_dir  # noqa: E402
-from cpt_assets.lib.continual import CONTINUAL_FILE, ContinualConfig, prepare_training  # noqa: E402
-from cpt_assets.lib.control_text import read_control_documents, texts_of  # noqa: E402
-from cpt_assets.lib.lake import atomic_path  # noqa: E402
-from cpt_assets.lib.registry import promoted_version, read_versions  # noqa: E402
-
 ContinualRunConfig = config_class(ContinualConfig, "ContinualRunConfig")
 
 
