@@ -3,11 +3,19 @@
 `dagster-daemon run` would also start the sensor and schedule daemons, and the corpus automation sensor would then
 launch a second corpus_splits run of its own as soon as the partitions land, racing the CLI's. `dagster dev` (and a
 deployment's `dagster-daemon run`) keeps running all of them; the CLI joins such a daemon instead of starting one.
+
+The last CLI to leave stops it. A CLI that is killed cannot: the daemon then stops itself once no CLI that registered
+in DAGSTER_HOME/cpt-daemon.json is alive, so a killed main job leaves no daemon behind.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+import time
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.workspace.load_target import WorkspaceFileTarget
@@ -16,13 +24,32 @@ from dagster._daemon.controller import create_daemon_of_type, daemon_controller_
 from dagster._daemon.daemon import MonitoringDaemon
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
-from cpt_assets.runner import WORKSPACE
+from cpt_assets.runner import WORKSPACE, DaemonHandle
 
 # The run queue; run monitoring (start timeouts); run retries (`dagster/max_retries`).
 DAEMON_TYPES = (QueuedRunCoordinatorDaemon, MonitoringDaemon, EventLogConsumerDaemon)
 
 
+ORPHAN_CHECK_S = 10.0  # how often the daemon looks for a living CLI
+ORPHAN_GRACE_S = 30.0  # how long it waits, after starting, for its first CLI to register
+
+
+def has_clients(home: Path) -> bool:
+    """Whether a CLI that registered with this instance's daemon is still alive."""
+    return bool(DaemonHandle(home).clients())
+
+
+def stop_when_orphaned(home: Path, check_s: float = ORPHAN_CHECK_S, grace_s: float = ORPHAN_GRACE_S) -> None:
+    """Interrupt this process (a clean shutdown of the daemon controller) once no CLI is left."""
+    time.sleep(grace_s)
+    while has_clients(home):
+        time.sleep(check_s)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def main() -> int:
+    home = Path(os.environ["DAGSTER_HOME"])
+    threading.Thread(target=stop_when_orphaned, args=(home,), daemon=True, name="orphan-watch").start()
     with dg.DagsterInstance.get() as instance:
         types = [daemon.daemon_type() for daemon in DAEMON_TYPES]
         with daemon_controller_from_instance(
@@ -30,7 +57,10 @@ def main() -> int:
             workspace_load_target=WorkspaceFileTarget(paths=[str(WORKSPACE)]),
             gen_daemons=lambda inst: [create_daemon_of_type(name, inst) for name in types],
         ) as controller:
-            controller.check_daemon_loop()
+            try:
+                controller.check_daemon_loop()
+            except KeyboardInterrupt:
+                pass
     return 0
 
 

@@ -91,7 +91,7 @@ def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -123,7 +123,7 @@ def sweep_zombies(instance: dg.DagsterInstance, retry: bool = True) -> list[str]
         if host and host != socket.gethostname():
             continue
         pid = _worker_pid(instance, run.run_id)
-        if pid is None or _alive(pid):
+        if pid is None or pid_alive(pid):
             continue
         if not retry:
             instance.add_run_tags(run.run_id, {"dagster/max_retries": "0"})
@@ -164,27 +164,31 @@ class DaemonHandle:
 
     def _state(self) -> dict:
         state = _read_json(self.state_path)
-        state["clients"] = [pid for pid in state.get("clients", []) if _alive(pid)]
+        state["clients"] = [pid for pid in state.get("clients", []) if pid_alive(pid)]
         return state
+
+    def clients(self) -> list[int]:
+        """The pids of the living CLIs registered with this instance's daemon."""
+        return self._state()["clients"]
 
     def start(self, instance: dg.DagsterInstance) -> None:
         with instance_lock(self.home):
             state = self._state()
             env = {key: value for key, value in os.environ.items() if key.startswith("CPT_")}
-            if state.get("pid") and _alive(state["pid"]) and state.get("env") != env:
+            if state.get("pid") and pid_alive(state["pid"]) and state.get("env") != env:
                 raise UserError(
                     f"a cpt-pipeline daemon with other CPT_* settings ({state.get('env')}) runs on this instance "
                     f"({self.home}); wait for it or use another DAGSTER_HOME"
                 )
             # heartbeats from our own daemon that was killed still look healthy for a minute: not a foreign daemon
-            ours_died = bool(state.get("pid")) and not _alive(state["pid"])
+            ours_died = bool(state.get("pid")) and not pid_alive(state["pid"])
             if not state.get("pid") and _foreign_queue_daemon(instance):
                 log.info("a dagster daemon (dagster dev?) already serves this instance's run queue: using it")
                 self.foreign = True
                 return
             if ours_died:
                 log.warning("the dagster daemon this CLI's predecessor started (pid %d) is gone", state["pid"])
-            if not (state.get("pid") and _alive(state["pid"])):
+            if not (state.get("pid") and pid_alive(state["pid"])):
                 log_file = open(self.home / "cpt-daemon.log", "ab")  # noqa: SIM115 (the daemon owns it)
                 process = subprocess.Popen(
                     [sys.executable, "-m", "cpt_assets.daemon"],
@@ -202,7 +206,7 @@ class DaemonHandle:
         if self.foreign:
             return True
         pid = _read_json(self.state_path).get("pid")
-        return bool(pid) and _alive(pid)
+        return bool(pid) and pid_alive(pid)
 
     def stop(self) -> None:
         if self.foreign:
@@ -227,7 +231,7 @@ def stop_process_group(pid: int, grace_s: float = 10.0) -> None:
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        if not _alive(pid):
+        if not pid_alive(pid):
             break
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):

@@ -43,7 +43,7 @@ tar -cf "$wheels/llama-tools.tar" -C "$cache" "$llama_version/llama.cpp/convert_
 rm -rf "$out/bundle" "$out/corpus"
 mkdir -p "$out/bundle" "$out/corpus"
 tar -cf - -C "$wheels" . | gzip -1 | split -b 60M -d - "$out/bundle/part-"
-cp -r ../shared/corpus/nist ../shared/corpus/ietf "$out/corpus/"
+cp -r ../shared/corpus/nist ../shared/corpus/ietf ../shared/corpus/edge ../shared/corpus/MANIFEST.tsv "$out/corpus/"  # + what the gpu test reads
 # Debian's fortunes (the control_text asset's general English): setup.sh installs them with apt, which has no
 # mirror there; device_main.sh puts this copy where the package would.
 rm -rf "$out/fortunes" && cp -r /usr/share/games/fortunes "$out/fortunes"

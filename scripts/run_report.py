@@ -14,6 +14,8 @@ import dagster as dg
 FIGURES = {
     "lora_adapter": (
         "device",
+        "gpu_name",
+        "precision",
         "method",
         "processes",
         "per_device_batch_size",
@@ -23,7 +25,7 @@ FIGURES = {
         "tokens_seen",
         "tokens_per_second",
         "mfu_4n",
-        "peak_memory_bytes",
+        "peak_memory_mb",
         "validation_loss_base",
         "validation_loss_final",
         "wall_seconds",
@@ -32,6 +34,7 @@ FIGURES = {
     ),
     "eval_report": None,  # every plain figure
     "gguf_model": None,
+    "model_version": None,
 }
 
 

@@ -12,7 +12,9 @@ SPLITS_JOB = "splits_job"
 MODEL_JOB = "model_job"
 
 CORPUS_ASSETS = dg.AssetSelection.assets("raw_pdfs", "page_text", "clean_chunks")
-MODEL_ASSETS = dg.AssetSelection.groups("model", "evaluation", "export")
+# The registry group: control_text (general English, read by training's replay and the forgetting control) and
+# model_version (the promotion gate), so a main job ends in a recorded, promoted (or rejected) version.
+MODEL_ASSETS = dg.AssetSelection.groups("model", "evaluation", "export", "registry")
 
 corpus_job = dg.define_asset_job(
     CORPUS_JOB,
@@ -28,7 +30,8 @@ splits_job = dg.define_asset_job(
 model_job = dg.define_asset_job(
     MODEL_JOB,
     selection=MODEL_ASSETS,
-    description="Base model -> LoRA adapter -> evaluation report -> merged model -> GGUF.",
+    description="Base model and control text -> LoRA adapter -> evaluation report -> merged model -> GGUF -> "
+    "model version (promotion gate).",
 )
 refresh_job = dg.define_asset_job(
     "corpus_refresh_job",

@@ -48,11 +48,14 @@ class ContinualConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """What the promotion gate scores on."""
+    """How the promotion gate decides.
+
+    Its figures are eval_report's (test split and general-text control); the promoted version is scored again on
+    those very blocks.
+    """
 
     forgetting_bound: float = 0.05  # largest allowed relative rise of general-text perplexity over the base
-    block_size: int = 256  # tokens per scored block
-    max_blocks: int = 16  # blocks scored per text set and model (0: all)
+    device: str = "auto"  # where the promoted version is re-scored: "auto" (cuda when available), "cpu" or "cuda"
 
 
 # ---- replay mix ------------------------------------------------------------------------------------------------
@@ -262,45 +265,29 @@ def promotion_decision(inputs: GateInputs, forgetting_bound: float) -> GateDecis
     return GateDecision(promote, reason, beats, within, inputs.gguf_checks_passed, change)
 
 
-# ---- scoring: lib.scoring's stream, packing and per-token loss, as the evaluation report scores ------------------
-def perplexity_of(model, tokenizer, texts: Sequence[str], block_size: int, max_blocks: int = 0, batch_size: int = 4):
-    """Token-weighted perplexity of `texts`, scored as `eval_report` scores the test split.
-
-    The document stream (separator after each), blocks of `block_size` with the tail kept, the first `max_blocks`
-    of them (0: all).
-    """
-    import numpy as np
-
-    from cpt_assets.lib import scoring
-
-    stream = scoring.document_stream(scoring.tokenize_texts(texts, tokenizer), scoring.document_separator_id(tokenizer))
-    blocks = scoring.pack(stream, block_size, keep_tail=True, max_blocks=max_blocks)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    losses = scoring.block_nll(model, blocks, batch_size, pad)
-    return scoring.perplexity(np.concatenate(losses) if losses else np.zeros(0))
-
-
-def perplexities(
+# ---- scoring: the promoted version on the very blocks eval_report scored the candidate on ----------------------
+def perplexities_on_blocks(
     base_model_dir: Path,
-    adapter_dirs: Mapping[str, Path | None],
-    texts: Mapping[str, Sequence[str]],
-    block_size: int,
-    max_blocks: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Model name -> text set name -> perplexity; an adapter of None scores the base model itself (CPU, fp32)."""
+    adapter_dir: Path | None,
+    blocks: Mapping[str, Sequence[Sequence[int]]],
+    batch_size: int = 4,
+    device: str = "auto",
+) -> dict[str, float]:
+    """Block set name -> perplexity of base + `adapter_dir` (None: the base itself), through lib.scoring."""
+    import numpy as np
     from peft import PeftModel
 
-    from cpt_assets.lib.evaluation import load_base_model
+    from cpt_assets.lib import scoring
+    from cpt_assets.lib.evaluation import load_base_model, resolve_device
 
-    scores: dict[str, dict[str, float]] = {}
-    for name, adapter_dir in adapter_dirs.items():
-        model, tokenizer = load_base_model(Path(base_model_dir), "cpu", "float32")
-        if adapter_dir is not None:
-            model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
-        scores[name] = {
-            set_name: perplexity_of(model, tokenizer, list(set_texts), block_size, max_blocks)
-            for set_name, set_texts in texts.items()
-        }
+    model, tokenizer = load_base_model(Path(base_model_dir), resolve_device(device), "float32")
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    scores = {}
+    for name, set_blocks in blocks.items():
+        losses = scoring.block_nll(model, list(set_blocks), batch_size, pad)
+        scores[name] = scoring.perplexity(np.concatenate(losses) if losses else np.zeros(0))
     return scores
 
 

@@ -27,7 +27,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ from cpt_assets.lib.scoring import (
     greedy_decode,
     pack,
     perplexity,
+    text_blocks,
     tokenize_texts,
 )
 from cpt_assets.lib.types import Chunk, ScoredBlocks
@@ -75,6 +76,8 @@ class EvalConfig:
     block_size: int = 256  # tokens per packed block for loss and perplexity (training's default block size)
     max_eval_blocks: int = 0  # packed blocks scored per model (0: the whole test split); a bound spreads them over
     # sources, each source getting >= 1
+    max_control_blocks: int = 32  # packed blocks of general text (control_text's held-out part) scored per model:
+    # the forgetting control (0: all)
     batch_size: int = 4  # packed blocks per forward pass (logits take batch x block_size x vocab floats)
     generation_batch_size: int = 16  # prompts decoded together; decoding is memory-bound, so larger batches are ~free
     seed: int = 0  # picks the sampled chunks and the scored blocks
@@ -83,7 +86,7 @@ class EvalConfig:
     num_threads: int = 0  # torch CPU threads while evaluating (0: leave torch's setting), restored afterwards
 
     def __post_init__(self) -> None:
-        for name in ("max_samples", "max_eval_blocks", "num_threads"):
+        for name in ("max_samples", "max_eval_blocks", "max_control_blocks", "num_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"EvalConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("prompt_tokens", "max_new_tokens", "batch_size", "generation_batch_size"):
@@ -153,6 +156,21 @@ class ContinuationSample:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlScores:
+    """Both models on general text (the forgetting control): the same blocks, token-weighted."""
+
+    blocks: tuple[tuple[int, ...], ...]  # the scored blocks (the promotion gate scores the promoted version on them)
+    tokens: int  # predicted tokens per model
+    base_perplexity: float
+    adapted_perplexity: float
+
+    @property
+    def change_pct(self) -> float:
+        """Adapted vs base general-text perplexity, % of base (positive: the model forgot)."""
+        return relative_change(self.base_perplexity, self.adapted_perplexity)
+
+
+@dataclass(frozen=True, slots=True)
 class EvalReport:
     """Everything `evaluate_models` measured; `to_dict()` gives it as JSON-ready data."""
 
@@ -161,6 +179,7 @@ class EvalReport:
     per_source: list[SourcePerplexity] = field(default_factory=list)
     samples: list[ContinuationSample] = field(default_factory=list)
     scored: ScoredBlocks | None = None  # the adapted model's blocks and per-token NLL (written as scores.json)
+    control: ControlScores | None = None  # general-text perplexity of both models; None without a control set
     test_rows: int = 0
     test_documents: int = 0
     eval_tokens: int = 0  # predicted tokens in the loss pass (per model)
@@ -176,6 +195,9 @@ class EvalReport:
         """Every figure as plain JSON data (NaN and infinities become null)."""
         data = asdict(self)
         data.pop("scored")  # its own file (scores.json): thousands of token ids do not belong in the report
+        if self.control is not None:
+            data["control"].pop("blocks")
+            data["control"]["change_pct"] = self.control.change_pct
         for row, record in zip(data["per_source"], self.per_source, strict=True):
             row["change_pct"] = record.change_pct
         data["metrics"] = [
@@ -236,10 +258,16 @@ def metric_rows(report: EvalReport) -> list[MetricRow]:
         ("ROUGE-L", "rougeL", False, 4),
         ("embedding similarity", "embedding_similarity", False, 4),
     ]
-    return [
+    rows = [
         MetricRow(name, getattr(report.base, attr), getattr(report.adapted, attr), lower, digits)
         for name, attr, lower, digits in spec
     ]
+    if report.control is not None:
+        control = report.control
+        rows.insert(
+            2, MetricRow("general-text perplexity", control.base_perplexity, control.adapted_perplexity, True, 2)
+        )
+    return rows
 
 
 # ---- the asset check -----------------------------------------------------------------------------------------------
@@ -427,14 +455,17 @@ def evaluate_models(
     adapter_dir: Path | str,
     test_rows: Iterable[Chunk],
     config: EvalConfig | None = None,
+    control_texts: Sequence[str] | None = None,
 ) -> EvalReport:
-    """Score the base model and the base + adapter on the test split.
+    """Score the base model and the base + adapter on the test split (and on general text, when given).
 
     Args:
         base_model_dir: HF folder of the base model (safetensors + tokenizer).
         adapter_dir: peft adapter folder (adapter_config.json + weights) trained on that base.
         test_rows: the test split's chunks (`types.Chunk`, as `lake.read_split` returns them).
         config: sampling, bounds and device; defaults to `EvalConfig()`.
+        control_texts: general-text documents (control_text's held-out part): both models' perplexity on them is
+            the forgetting control (`report.control`); None or empty skips it.
 
     Returns:
         An `EvalReport` with both models' scores, per-source perplexity, samples, timings, and the adapted model's
@@ -454,13 +485,13 @@ def evaluate_models(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     try:
-        return _run_evaluation(Path(base_model_dir), adapter_dir, rows, config, device)
+        return _run_evaluation(Path(base_model_dir), adapter_dir, rows, config, device, list(control_texts or []))
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run_evaluation(
-    base_model_dir: Path, adapter_dir: Path, rows: list[Chunk], config: EvalConfig, device: str
+    base_model_dir: Path, adapter_dir: Path, rows: list[Chunk], config: EvalConfig, device: str, control: list[str]
 ) -> EvalReport:
     import torch
     from peft import PeftModel
@@ -478,11 +509,27 @@ def _run_evaluation(
 
     started = time.perf_counter()
     prepared = prepare_inputs(rows, tokenizer, config)
+    control_blocks = text_blocks(control, tokenizer, config.block_size, config.max_control_blocks) if control else []
     timings["tokenize"] = time.perf_counter() - started
 
     with model.disable_adapter():
         base_losses, base_ids, base_loss_s, base_gen_s = _score_model(model, prepared, config, pad_id, eos_id)
+        started = time.perf_counter()
+        base_control = block_nll(model, control_blocks, config.batch_size, pad_id)
+        timings["base_control"] = time.perf_counter() - started
     adapted_losses, adapted_ids, adapted_loss_s, adapted_gen_s = _score_model(model, prepared, config, pad_id, eos_id)
+    started = time.perf_counter()
+    adapted_control = block_nll(model, control_blocks, config.batch_size, pad_id)
+    timings["adapted_control"] = time.perf_counter() - started
+    control_scores = None
+    if control_blocks:
+        base_nll, adapted_nll = np.concatenate(base_control), np.concatenate(adapted_control)
+        control_scores = ControlScores(
+            blocks=tuple(tuple(block) for block in control_blocks),
+            tokens=int(base_nll.size),
+            base_perplexity=perplexity(base_nll),
+            adapted_perplexity=perplexity(adapted_nll),
+        )
     timings.update(
         base_loss=base_loss_s, adapted_loss=adapted_loss_s, base_generation=base_gen_s, adapted_generation=adapted_gen_s
     )
@@ -565,6 +612,7 @@ def _run_evaluation(
         per_source=per_source,
         samples=samples,
         scored=scored,
+        control=control_scores,
         test_rows=len(rows),
         test_documents=sum(prepared.documents.values()),
         eval_tokens=eval_tokens,

@@ -60,7 +60,7 @@ from cpt_assets.lib.gguf_verify import (
     llama_file_types,
     verify_gguf,
 )
-from cpt_assets.lib.lake import atomic_path, sha256_file
+from cpt_assets.lib.lake import GGUF_VERIFICATION, MODELFILE, atomic_path, sha256_file
 from cpt_assets.lib.llama_tools import (
     LlamaCpp,
     LlamaToolError,
@@ -633,7 +633,7 @@ def completions_side_by_side(fidelities: Sequence[Fidelity]) -> list[dict[str, s
     return rows
 
 
-VERIFICATION_FILE = "verification.json"  # beside the GGUF files: how each one compared with F16 and the HF model
+VERIFICATION_FILE = GGUF_VERIFICATION  # beside the GGUF files (lake.py owns the name)
 IMATRIX_FILE = "imatrix.gguf"  # the domain importance matrix, kept beside the files it quantized
 PLOT_FILE = "size_vs_kld.png"
 
@@ -777,7 +777,7 @@ def export_gguf(
         target = next(f for f in files if f.file_type == target_type)
         verified = [f16] if target is f16 else [f16, target]
         fidelity = [verify_gguf(f.path, reference=reference, n_threads=config.threads) for f in verified]
-        write_modelfile(target.path, tmp / "Modelfile", config.context_length, params=config.sampling)
+        write_modelfile(target.path, tmp / MODELFILE, config.context_length, params=config.sampling)
         plot = None
         if rows:
             (tmp / PLOT_FILE).write_bytes(size_kld_plot(rows, config.max_mean_kld))
@@ -794,7 +794,7 @@ def export_gguf(
             chosen_type=target_type,
             choice_reason=reason,
             imatrix=replace(imatrix, path=moved(imatrix.path)) if imatrix else None,
-            modelfile=out_dir / "Modelfile",
+            modelfile=out_dir / MODELFILE,
             plot=plot,
             provenance=read_provenance(f16.path),
             hf_perplexity=reference.perplexity,

@@ -41,6 +41,7 @@ PARTITIONED_TABLES: dict[str, tuple[str, str]] = {
 SPLIT_NAMES = ("train", "validation", "test")
 # Model artefacts written per version: <kind folder>/versions/<version>/, and <kind folder>/latest -> that version.
 VERSIONED_KINDS: dict[str, tuple[str, ...]] = {
+    "adapter": ("models", "adapter"),
     "merged": ("models", "merged"),
     "eval": ("eval",),
     "gguf": ("gguf",),
@@ -54,6 +55,11 @@ EVAL_REPORT_JSON = "report.json"
 EVAL_REPORT_MD = "report.md"
 EVAL_CHART = "model_comparison.png"
 EVAL_SCORES = "scores.json"  # the adapted model's ScoredBlocks: GGUF verification scores these very blocks
+# File names inside the gguf folder (written by gguf_export.export_gguf) and the registry's version folders.
+GGUF_VERIFICATION = "verification.json"  # how each GGUF file compared with F16 and the HF model
+MODELFILE = "Modelfile"  # Ollama's: FROM the chosen file, the template and parameters
+PROMOTED_GGUF = "model.gguf"  # the promoted version's GGUF, under a stable name in data_lake/promoted/
+VERSION_ADAPTER = "adapter"  # a registered version's copy of its adapter folder
 
 _ARROW_TYPES: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64(), bool: pa.bool_(), float: pa.float64()}
 
@@ -246,7 +252,8 @@ class Lake:
 
     @property
     def adapter_dir(self) -> Path:
-        return self.models_dir / "adapter"
+        """The latest adapter (read side); lora_adapter writes a version with version_dir("adapter", ...)."""
+        return self.latest_dir("adapter")
 
     @property
     def tokenizer_cache_dir(self) -> Path:
@@ -263,7 +270,7 @@ class Lake:
 
     # ---- versioned model artefacts ----------------------------------------------------------------------------
     def kind_dir(self, kind: str) -> Path:
-        """The folder holding every version of one artefact kind ("merged", "eval", "gguf")."""
+        """The folder holding every version of one artefact kind ("adapter", "merged", "eval", "gguf")."""
         if kind not in VERSIONED_KINDS:
             raise ValueError(f"Unknown versioned artefact kind {kind!r}; known: {sorted(VERSIONED_KINDS)}")
         return self.root.joinpath(*VERSIONED_KINDS[kind])
@@ -335,7 +342,26 @@ class Lake:
 
     def registry_version_dir(self, version: str) -> Path:
         """A registered model version's own copy of its adapter and GGUF files, never overwritten."""
-        return self.registry_dir / "versions" / version
+        return self.registry_dir / VERSIONS_FOLDER / version
+
+    def registry_adapter_dir(self, version: str) -> Path:
+        """A registered version's adapter (the parent a continued training run starts from)."""
+        return self.registry_version_dir(version) / VERSION_ADAPTER
+
+    @property
+    def gguf_verification_path(self) -> Path:
+        """The latest export's verification (fidelity per file, the chosen type)."""
+        return self.gguf_dir / GGUF_VERIFICATION
+
+    @property
+    def modelfile_path(self) -> Path:
+        """The latest export's Modelfile."""
+        return self.gguf_dir / MODELFILE
+
+    @property
+    def promoted_gguf_path(self) -> Path:
+        """The GGUF a user's Ollama or llama.cpp points at: the promoted version's."""
+        return self.promoted_dir / PROMOTED_GGUF
 
     @property
     def registry_chart_path(self) -> Path:

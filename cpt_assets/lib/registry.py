@@ -14,10 +14,15 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cpt_assets.lib.lake import Lake, atomic_path, read_records, write_records
-
-PROMOTED_GGUF = "model.gguf"
-MODELFILE = "Modelfile"
+from cpt_assets.lib.lake import (
+    MODELFILE,
+    PROMOTED_GGUF,
+    VERSION_ADAPTER,
+    Lake,
+    atomic_path,
+    read_records,
+    write_records,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,7 @@ def keep_version_files(lake: Lake, version: str, adapter_dir: Path, gguf_path: P
     """Copy the version's adapter, GGUF and Modelfile into its own registry folder (atomically)."""
     target = lake.registry_version_dir(version)
     with atomic_path(target) as tmp:
-        shutil.copytree(adapter_dir, tmp / "adapter")
+        shutil.copytree(adapter_dir, tmp / VERSION_ADAPTER)
         shutil.copy2(gguf_path, tmp / PROMOTED_GGUF)
         text = modelfile.read_text().replace(f"FROM ./{gguf_path.name}", f"FROM ./{PROMOTED_GGUF}")
         (tmp / MODELFILE).write_text(text)

@@ -98,6 +98,15 @@ def pack(
     return blocks
 
 
+def text_blocks(texts: Iterable[str], tokenizer: Any, block_size: int, max_blocks: int = 0) -> list[list[int]]:
+    """Evaluation blocks of plain texts: each text a document (separator after it), tail kept.
+
+    The first `max_blocks` (0: all). The general-text control set is scored this way by the report and the gate.
+    """
+    stream = document_stream(tokenize_texts(texts, tokenizer), document_separator_id(tokenizer))
+    return pack(stream, block_size, keep_tail=True, max_blocks=max_blocks)
+
+
 # ---- per-token loss ----------------------------------------------------------------------------------------------
 def token_nll(logits: Any, tokens: Sequence[int]) -> np.ndarray:
     """Negative log-likelihood (nats, float64) of tokens[1:] under logits[:len(tokens) - 1].

@@ -63,13 +63,19 @@ def test_main_job_runs_the_whole_graph_to_a_gguf_llama_cpp_loads(tmp_path, corpu
     with dg.DagsterInstance.from_config(str(home)) as instance:
         report = instance.get_latest_materialization_event(dg.AssetKey("eval_report")).asset_materialization
         gguf = instance.get_latest_materialization_event(dg.AssetKey("gguf_model")).asset_materialization
+        version = instance.get_latest_materialization_event(dg.AssetKey("model_version")).asset_materialization
     assert report.metadata["adapted_perplexity"].value < report.metadata["base_perplexity"].value
+    assert report.metadata["control_adapted_perplexity"].value > 1  # the forgetting control is measured
     target = Path(gguf.metadata["gguf_path"].value)
-    assert target.name == "model-Q4_K_M.gguf" and target.parent == lake.gguf_dir
+    assert target.parent == lake.version_dir("gguf", gguf.metadata["version"].value)
+    assert target.name.startswith("model-") and (lake.gguf_dir / target.name).exists()
+    # The main job ends in a registry version; the first one is promoted to the stable path a user's Ollama reads.
+    assert version.metadata["version"].value == "v1" and version.metadata["decision"].value == "promoted"
+    assert lake.promoted_gguf_path.read_bytes() == target.read_bytes()
 
-    from llama_cpp import Llama
+    from cpt_assets.lib.gguf_verify import open_llama
 
-    llm = Llama(model_path=str(target), n_ctx=256, verbose=False)
+    llm = open_llama(lake.promoted_gguf_path, n_ctx=256, verbose=False)
     try:
         text = llm("The purpose of a risk assessment is", max_tokens=16, temperature=0)["choices"][0]["text"]
     finally:

@@ -28,19 +28,20 @@ from cpt_assets_tests.defs.test_model_assets import TINY_EVAL, TINY_GGUF, TINY_T
 CORPUS = [raw_pdfs, page_text, clean_chunks]
 MODEL = [control_text, base_model, lora_adapter, eval_report, merged_model, gguf_model, model_version]
 ALL = [*CORPUS, corpus_splits, *MODEL]
-GATE = {"block_size": 64, "max_blocks": 4}
+GATE = {"device": "cpu"}
 
 
-def model_config(tiny_model_dir, **training) -> dict:
-    return {
-        "ops": {
-            "base_model": {"config": {"source": str(tiny_model_dir)}},
-            "lora_adapter": {"config": {**TINY_TRAINING, **training}},
-            "eval_report": {"config": TINY_EVAL},
-            "gguf_model": {"config": TINY_GGUF},
-            "model_version": {"config": GATE},
-        }
+def model_config(tiny_model_dir, with_base: bool = True, **training) -> dict:
+    """Run config of the model stages; with_base=False for a run that keeps the materialised base model."""
+    ops = {
+        "lora_adapter": {"config": {**TINY_TRAINING, **training}},
+        "eval_report": {"config": TINY_EVAL},
+        "gguf_model": {"config": TINY_GGUF},
+        "model_version": {"config": GATE},
     }
+    if with_base:
+        ops["base_model"] = {"config": {"source": str(tiny_model_dir)}}
+    return {"ops": ops}
 
 
 @pytest.mark.slow
@@ -56,8 +57,7 @@ def test_refresh_continues_from_the_promoted_version_and_the_gate_guards_the_ser
             shutil.copy(corpus_dir / source / name, folders[source] / name)
     registry = tmp_path / "sources.yaml"
     registry.write_text(
-        "sources:\n"
-        + "".join(f"  - name: {s}\n    kind: pdf_folder\n    location: {folders[s]}\n" for s in folders),
+        "sources:\n" + "".join(f"  - name: {s}\n    kind: pdf_folder\n    location: {folders[s]}\n" for s in folders),
         encoding="utf-8",
     )
     resources = {"lake": LakeResource(root=str(tmp_path / "lake")), "sources": SourcesResource(registry=str(registry))}
@@ -94,14 +94,16 @@ def test_refresh_continues_from_the_promoted_version_and_the_gate_guards_the_ser
     shutil.copy(corpus_dir / "nist" / "srx-server-protocol-3.0.pdf", folders["nist"] / "srx.pdf")
     refresh()
     assert "lora_adapter" in tick()  # the splits' data version changed: training is requested
-    second = run(MODEL[2:], run_config=model_config(tiny_model_dir), raise_on_error=False)
+    second = run(MODEL[2:], run_config=model_config(tiny_model_dir, with_base=False), raise_on_error=False)
     adapter = materialization(second, "lora_adapter")
     assert adapter["parent_version"] == "v1" and adapter["tokens_general"] > 0
     v2 = materialization(second, "model_version")
     assert v2["version"] == "v2" and v2["parent_version"] == "v1" and v2["decision"] in ("promoted", "rejected")
     assert v2["reason"]
 
-    bad = run(MODEL[2:], run_config=model_config(tiny_model_dir, learning_rate=5.0), raise_on_error=False)
+    bad = run(
+        MODEL[2:], run_config=model_config(tiny_model_dir, with_base=False, learning_rate=5.0), raise_on_error=False
+    )
     promoted_before = [v for v in read_versions(lake)[:2] if v.decision == "promoted"][-1].version
     v3 = materialization(bad, "model_version")
     assert v3["decision"] == "rejected", v3["reason"]

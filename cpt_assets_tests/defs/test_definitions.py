@@ -35,8 +35,8 @@ def test_definitions_load_with_the_whole_graph_in_order():
         "clean_chunks": {"page_text", "base_model"},  # chunks are sized in the base model's tokens
         "corpus_splits": {"clean_chunks"},
         "lora_adapter": {"corpus_splits", "base_model", "control_text"},
-        "model_version": {"gguf_model", "control_text"},
-        "eval_report": {"base_model", "corpus_splits", "lora_adapter"},  # every asset it reads
+        "model_version": {"gguf_model", "eval_report", "control_text"},  # the gate reads eval_report's figures
+        "eval_report": {"base_model", "corpus_splits", "lora_adapter", "control_text"},  # every asset it reads
         "merged_model": {"lora_adapter", "base_model"},
         "gguf_model": {"merged_model", "corpus_splits", "base_model", "lora_adapter", "eval_report"},
     }
@@ -84,11 +84,13 @@ def test_jobs_schedule_and_automation_are_defined():
         assert defs.resolve_job_def(job) is not None
     model_job = defs.resolve_job_def("model_job")
     assert {n.name for n in model_job.graph.node_defs} == {
+        "control_text",
         "base_model",
         "lora_adapter",
         "eval_report",
         "merged_model",
         "gguf_model",
+        "model_version",  # a main job ends in a promotion decision
     }
     schedule = defs.resolve_schedule_def("corpus_refresh_schedule")
     assert schedule.cron_schedule == "0 3 * * *"

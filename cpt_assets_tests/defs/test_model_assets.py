@@ -30,7 +30,14 @@ TINY_TRAINING = {
     "learning_rate": 1e-3,
     "cpu_max_tokens": 0,
 }
-TINY_EVAL = {"max_samples": 2, "prompt_tokens": 16, "max_new_tokens": 8, "block_size": 64, "max_eval_blocks": 2}
+TINY_EVAL = {
+    "max_samples": 2,
+    "prompt_tokens": 16,
+    "max_new_tokens": 8,
+    "block_size": 64,
+    "max_eval_blocks": 2,
+    "max_control_blocks": 4,
+}
 TINY_GGUF = {
     "quantizations": ["Q8_0"],
     "block_size": 64,
@@ -72,12 +79,18 @@ def test_base_model_and_adapter_report_what_a_user_judges_training_by(model_run,
     assert adapter["validation_loss_lowered"] is lowered
     assert check_evaluations(model_run)["validation_loss_below_base"].passed is lowered
     assert (corpus_lake.lake.adapter_dir / "adapter_config.json").exists()
+    # Its own version folder (config and data decide it); models/adapter/latest points there.
+    versioned = corpus_lake.lake.version_dir("adapter", adapter["version"])
+    assert adapter["adapter_path"] == str(versioned) and corpus_lake.lake.adapter_dir.resolve() == versioned.resolve()
 
 
 def test_eval_report_compares_base_and_adapted_with_a_check(model_run, corpus_lake):
     report = materialization(model_run, "eval_report")
     assert report["base_perplexity"] > 1 and report["adapted_perplexity"] > 1
     assert report["test_documents"] >= 1 and report["samples"] == 2
+    # The forgetting control: both models on control_text's held-out general English, next to the domain figures.
+    assert report["control_base_perplexity"] > 1 and report["control_adapted_perplexity"] > 1
+    assert report["control_tokens"] > 0 and report["control_set"] == "control_text's held-out part"
     assert "share_of_parameters_changed" not in report  # weight change is shown once, on merged_model
     assert 0 < materialization(model_run, "merged_model")["changed_parameters_share"] < 1
     assert "data:image/png;base64," in report["model_comparison"]

@@ -66,7 +66,12 @@ def start_cli(env: dict, *args: str) -> subprocess.Popen:
 
 def run_cli(env: dict, *args: str) -> tuple[int, str]:
     process = start_cli(env, *args)
-    output, _ = process.communicate(timeout=CLI_TIMEOUT_S)
+    try:
+        output, _ = process.communicate(timeout=CLI_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the CLI and the daemon it started: nothing outlives the test
+        output, _ = process.communicate()
+        pytest.fail(f"cpt-pipeline did not finish in {CLI_TIMEOUT_S} s:\n{output[-5000:]}")
     return process.returncode, output
 
 
@@ -174,7 +179,7 @@ def test_a_missing_and_an_empty_source_fail_by_name_while_the_others_make_the_sp
     code, output = run_cli(env)
     assert code == 1, output[-3000:]
     assert "corpus_job[gone] failed: step raw_pdfs: FileNotFoundError: source 'gone': PDF folder " in output
-    assert f"check source_has_documents failed: source 'blank': no PDFs found in {empty}" in output
+    assert f"check source_has_documents failed: [blank] source 'blank': no PDFs found in {empty}" in output
     assert "splits were made without blank, gone" in output
     assert "materialise raw_pdfs" not in output and "Traceback" not in output
     splits = latest_splits(tmp_path / "home")
@@ -214,3 +219,25 @@ def test_cpt_ui_stops_within_seconds_on_sigterm(tmp_path):
     assert time.monotonic() - started < 10
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+
+
+def test_the_daemon_stops_itself_once_no_cli_is_left(tmp_path):
+    """A CLI that is killed cannot stop the daemon it started; the daemon notices and stops (no orphan left)."""
+    client = subprocess.Popen(["sleep", "2"])  # stands for a living CLI that then goes away
+    (tmp_path / "cpt-daemon.json").write_text(json.dumps({"pid": 0, "clients": [client.pid], "env": {}}))
+    watcher = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from cpt_assets.daemon import stop_when_orphaned\n"
+        "try:\n"
+        f"    stop_when_orphaned(Path({str(tmp_path)!r}), check_s=0.1, grace_s=0.1)\n"
+        "    time.sleep(30)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopped')\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", watcher], capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - started
+    client.wait()
+    assert done.stdout.strip() == "stopped", done.stderr[-2000:]
+    assert 1.5 < elapsed < 20  # not while the CLI lived, and soon after it left

@@ -24,16 +24,23 @@ from pathlib import Path
 import pytest
 import requests
 
-from cpt_assets_tests.defs.test_model_assets import TINY_EVAL, TINY_TRAINING
+from cpt_assets_tests.defs.test_model_assets import TINY_EVAL, TINY_GGUF, TINY_TRAINING
 
 CHROMIUM = Path(os.environ.get("CPT_CHROMIUM", "/usr/bin/chromium"))
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCATION = "cpt_assets"
 VIEWPORT = {"width": 1440, "height": 1000}
 
-# model_job without gguf_model: the shared venv's llama.cpp build segfaulted after quantizing on 2026-12-02 (main's
-# own gguf tests too); the gguf page is still checked for its definitions and check descriptions.
-MODEL_RUN_ASSETS = ["base_model", "lora_adapter", "eval_report", "merged_model"]
+# The whole model job, as the main job runs it (tiny model, bounded GGUF work).
+MODEL_RUN_ASSETS = [
+    "control_text",
+    "base_model",
+    "lora_adapter",
+    "eval_report",
+    "merged_model",
+    "gguf_model",
+    "model_version",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +144,7 @@ def ui(corpus_lake, tiny_model_dir, tmp_path_factory):
                 "base_model": {"config": {"source": str(tiny_model_dir)}},
                 "lora_adapter": {"config": TINY_TRAINING},
                 "eval_report": {"config": TINY_EVAL},
+                "gguf_model": {"config": TINY_GGUF},
             }
         }
         wait_for_daemon(url)
@@ -234,6 +242,7 @@ def test_eval_report_shows_its_table_and_chart(page, ui):
     assert not no_raw_floats(body), no_raw_floats(body)
     metrics = page.locator("tr", has=page.get_by_text("metrics", exact=True)).first
     assert "perplexity" in metrics.inner_text() and "BLEU" in metrics.inner_text()
+    assert "general-text perplexity" in metrics.inner_text()  # the forgetting control, next to the domain figures
     for table in page.locator("td table").all():  # every metadata table fits its cell: nothing cut off on the right
         box, cell = table.bounding_box(), table.locator("xpath=ancestor::td[1]").bounding_box()
         assert box["x"] + box["width"] <= cell["x"] + cell["width"] + 1, table.inner_text()[:80]
@@ -262,6 +271,16 @@ def test_gguf_model_page_reads_well(page, ui):
     open_page(page, ui, "/assets/gguf_model", "gguf_model")
     screenshot(page, ui, "gguf_model", height=1600)
     assert page.get_by_text("F16 GGUF written", exact=False).count() >= 1
+    body = page.inner_text("body")
+    assert "Q8_0" in body and not no_raw_floats(body), no_raw_floats(body)
+
+
+def test_model_version_shows_the_decision_and_the_registry(page, ui):
+    open_page(page, ui, "/assets/model_version", "model_version")
+    screenshot(page, ui, "model_version", height=1600)
+    body = page.inner_text("body")
+    assert "promoted" in body and "v1" in body
+    assert not no_raw_floats(body), no_raw_floats(body)
 
 
 def test_launchpad_explains_a_knob(page, ui):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +346,49 @@ def test_bad_inputs_name_what_is_wrong(tiny_model_dir, adapter_dir, tmp_path):
         evaluate_models(tiny_model_dir, tmp_path, TEST_ROWS, CONFIG)
     with pytest.raises(ValueError, match="no rows"):
         evaluate_models(tiny_model_dir, adapter_dir, [], CONFIG)
+
+
+# ---- the forgetting control (general text) ---------------------------------------------------------------------
+CONTROL = [
+    "A rolling stone gathers no moss, but it gains a certain polish along the way.",
+    "The best way to predict the future is to invent it, said the man who had already invented most of it.",
+    "She sells sea shells by the sea shore, and the shells she sells are surely seashells.",
+]
+
+
+def test_general_text_is_scored_for_both_models_and_the_gate_reproduces_the_figure(tiny_model_dir, adapter_dir):
+    from cpt_assets.lib.continual import perplexities_on_blocks
+    from cpt_assets.lib.scoring import text_blocks
+
+    config = EvalConfig(**{**asdict(CONFIG), "max_samples": 0, "max_control_blocks": 2})
+    report = evaluate_models(tiny_model_dir, adapter_dir, TEST_CHUNKS, config, control_texts=CONTROL)
+    control = report.control
+    assert (
+        control is not None and len(control.blocks) == 2 and control.tokens == sum(len(b) - 1 for b in control.blocks)
+    )
+    assert control.base_perplexity != control.adapted_perplexity  # the adapter (b_std 0.5) changes the model
+    assert control.change_pct == pytest.approx(100 * (control.adapted_perplexity / control.base_perplexity - 1))
+    row = next(r for r in metric_rows(report) if r.name == "general-text perplexity")
+    assert (row.base, row.adapted) == (control.base_perplexity, control.adapted_perplexity)
+    data = report.to_dict()
+    assert data["control"]["adapted_perplexity"] == control.adapted_perplexity and "blocks" not in data["control"]
+    # The promotion gate re-derives these blocks and scores them: the same figure, not a second definition.
+    tokenizer = load_base_model(tiny_model_dir, "cpu", "float32")[1]
+    blocks = text_blocks(CONTROL, tokenizer, config.block_size, config.max_control_blocks)
+    assert [tuple(b) for b in blocks] == list(control.blocks)
+    again = perplexities_on_blocks(tiny_model_dir, adapter_dir, {"control": blocks}, device="cpu")
+    assert again["control"] == pytest.approx(control.adapted_perplexity, rel=1e-6)
+    assert perplexities_on_blocks(tiny_model_dir, None, {"control": blocks}, device="cpu")["control"] == pytest.approx(
+        control.base_perplexity, rel=1e-6
+    )
+    # No control set: no general-text row.
+    assert report_without_control(tiny_model_dir, adapter_dir, config).control is None
+
+
+def report_without_control(tiny_model_dir, adapter_dir, config):
+    return evaluate_models(tiny_model_dir, adapter_dir, TEST_CHUNKS, config)
+
+
+def test_control_blocks_bound_is_validated():
+    with pytest.raises(ValueError, match="max_control_blocks"):
+        EvalConfig(max_control_blocks=-1)

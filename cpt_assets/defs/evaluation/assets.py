@@ -8,9 +8,11 @@ from cpt_assets.defs.automation import follow
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.splits import corpus_splits
 from cpt_assets.defs.metadata import check_result, numbers, png_markdown, sig, table, timings_table
+from cpt_assets.defs.registry.control import control_text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
 from cpt_assets.defs.training.base import base_model
+from cpt_assets.lib.control_text import read_control_documents
 from cpt_assets.lib.evaluation import (
     EvalConfig,
     adapter_weights_sha256,
@@ -50,7 +52,7 @@ def metrics_table(report) -> dg.MetadataValue:
 
 @dg.asset(
     automation_condition=follow(),  # issue #10: follows lora_adapter
-    deps=[base_model, corpus_splits, lora_adapter],  # every asset it reads
+    deps=[base_model, corpus_splits, lora_adapter, control_text],  # every asset it reads
     group_name="evaluation",
     kinds={"pytorch", "json"},
     pool="gpu",  # scores two models on the accelerator when there is one, like training
@@ -63,7 +65,8 @@ def metrics_table(report) -> dg.MetadataValue:
         )
     ],
     description="Base vs adapted on the test split: token-weighted loss and perplexity on packed blocks (overall and "
-    "per source) and BLEU / ROUGE / MiniLM similarity of greedy continuations. report.json, report.md, "
+    "per source), general-text perplexity on control_text's held-out part (the forgetting control; model_version "
+    "judges it), and BLEU / ROUGE / MiniLM similarity of greedy continuations. report.json, report.md, "
     "model_comparison.png and scores.json (the adapted model's scored blocks, which gguf_model's llama.cpp check "
     "scores again, so both show one HF test perplexity) under data_lake/eval/. Weight change is merged_model's.",
 )
@@ -73,10 +76,19 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
     if not test_rows:
         raise ValueError(f"the test split at {lk.split_path('test')} is missing or empty: materialise corpus_splits")
     eval_config = to_dataclass(config, EvalConfig)
-    version = content_version(
-        adapter_weights_sha256(lk.adapter_dir), split_content_hash(test_rows), asdict(eval_config)
+    # The forgetting control: without control_text the report has no general-text row and says so.
+    control = (
+        [d.text for d in read_control_documents(lk) if d.part == "control"] if lk.control_text_path.exists() else []
     )
-    report = evaluate_models(lk.base_model_dir, lk.adapter_dir, test_rows, eval_config)
+    if not control:
+        context.log.warning(f"no general-text control set at {lk.control_text_path}: materialise control_text")
+    version = content_version(
+        adapter_weights_sha256(lk.adapter_dir),
+        split_content_hash(test_rows),
+        asdict(eval_config),
+        content_version(control),
+    )
+    report = evaluate_models(lk.base_model_dir, lk.adapter_dir, test_rows, eval_config, control_texts=control)
     files = write_report(report, lk.version_dir("eval", version))  # this version's folder stays true
     lk.publish_latest("eval", version)
     context.log.info("\n" + rich_table(report))
@@ -101,8 +113,21 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
                     "eval_tokens": report.eval_tokens,
                     "samples": len(report.samples),
                     "seconds": report.timings.get("total"),
+                    **(
+                        {
+                            "control_base_perplexity": report.control.base_perplexity,
+                            "control_adapted_perplexity": report.control.adapted_perplexity,
+                            "control_change_pct": report.control.change_pct,
+                            "control_tokens": report.control.tokens,
+                        }
+                        if report.control is not None
+                        else {}
+                    ),
                 }
             ),
+            "control_set": "control_text's held-out part"
+            if report.control is not None
+            else "none: materialise control_text",
             "device": report.device,
             "metrics": metrics_table(report),
             "model_comparison": png_markdown(files.chart_path, "base vs adapted"),

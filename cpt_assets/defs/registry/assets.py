@@ -1,9 +1,11 @@
 """The model_version asset: each trained candidate becomes a registry version, and the gate decides promotion.
 
-The candidate and the promoted version are scored on the current test split and on the held-out general text
-(base as well); the GGUF checks are read from the gguf_model checks of this candidate. `lib.continual`'s pure
-gate decides; the deciding checks are blocking, and the promoted GGUF + Modelfile at data_lake/promoted/ change
-only on a promotion (the replaced files move to data_lake/promoted_previous/).
+The base and candidate figures are eval_report's (the current test split and the held-out general text, one
+figure per model wherever the UI shows it); the promoted version is scored on the very blocks eval_report scored
+(data_lake/eval/latest/scores.json and the report's control blocks). The GGUF checks are read from the
+gguf_model checks of this candidate. `lib.continual`'s pure gate decides; the deciding checks are blocking, and
+the promoted GGUF + Modelfile at data_lake/promoted/ change only on a promotion (the replaced files move to
+data_lake/promoted_previous/).
 """
 
 import json
@@ -13,14 +15,16 @@ import dagster as dg
 
 from cpt_assets.defs.automation import follow
 from cpt_assets.defs.config import config_class, to_dataclass
+from cpt_assets.defs.evaluation.assets import eval_report
 from cpt_assets.defs.export.assets import GGUF_CHECKS, gguf_model
 from cpt_assets.defs.metadata import png_markdown, table_value
 from cpt_assets.defs.registry.control import control_text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.lib.base_model import describe_model_dir
-from cpt_assets.lib.continual import CONTINUAL_FILE, GateConfig, GateInputs, perplexities, promotion_decision
+from cpt_assets.lib.continual import CONTINUAL_FILE, GateConfig, GateInputs, perplexities_on_blocks, promotion_decision
 from cpt_assets.lib.control_text import read_control_documents
-from cpt_assets.lib.lake import SPLIT_NAMES, read_split, sha256_file
+from cpt_assets.lib.evaluation import adapter_weights_sha256
+from cpt_assets.lib.lake import EVAL_REPORT_JSON, SPLIT_NAMES, read_scored_blocks, read_split, sha256_file
 from cpt_assets.lib.registry import (
     ModelVersion,
     append_version,
@@ -33,6 +37,7 @@ from cpt_assets.lib.registry import (
     version_rows,
     versions_table_columns,
 )
+from cpt_assets.lib.scoring import text_blocks
 from cpt_assets.lib.splits import split_content_hash
 from cpt_assets.lib.training import TRAINING_INFO_FILE
 
@@ -52,8 +57,43 @@ def gguf_checks(instance: dg.DagsterInstance) -> tuple[bool, str]:
     return not failed, ("failed or missing: " + ", ".join(failed)) if failed else "all pass"
 
 
+def eval_figures(lk) -> tuple[dict, list[list[int]], list[list[int]]]:
+    """eval_report's report of the current adapter, its scored test blocks and its general-text blocks.
+
+    Raises:
+        FileNotFoundError: no eval report, or one without the general-text control (materialise control_text, then
+            eval_report).
+        ValueError: the report scored another adapter than the one in the lake (materialise eval_report).
+    """
+    if not lk.eval_scores_path.exists():
+        raise FileNotFoundError(f"no eval report at {lk.eval_dir}: materialise eval_report")
+    report = json.loads((lk.eval_dir / EVAL_REPORT_JSON).read_text())
+    scored = read_scored_blocks(lk.eval_scores_path)
+    if scored is None or scored.adapter_sha256 != adapter_weights_sha256(lk.adapter_dir):
+        raise ValueError(
+            f"the eval report at {lk.eval_dir} scored another adapter than {lk.adapter_dir}: materialise eval_report"
+        )
+    if not report.get("control"):
+        raise FileNotFoundError(
+            f"the eval report at {lk.eval_dir} has no general-text figures (no control set at "
+            f"{lk.control_text_path}): materialise control_text, then eval_report"
+        )
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(lk.base_model_dir))
+    control = [d.text for d in read_control_documents(lk) if d.part == "control"]
+    config = report["config"]
+    control_blocks = text_blocks(control, tokenizer, int(config["block_size"]), int(config["max_control_blocks"]))
+    if sum(len(block) - 1 for block in control_blocks) != report["control"]["tokens"]:
+        raise ValueError(
+            f"the control set at {lk.control_text_path} changed since the eval report at {lk.eval_dir}: "
+            "materialise eval_report"
+        )
+    return report, [list(block) for block in scored.blocks], control_blocks
+
+
 @dg.asset(
-    deps=[gguf_model, control_text],
+    deps=[gguf_model, eval_report, control_text],
     group_name="registry",
     kinds={"duckdb", "ollama"},
     automation_condition=follow(),
@@ -68,31 +108,33 @@ def model_version(context: dg.AssetExecutionContext, config: GateRunConfig, lake
     lk = lake.lake()
     versions = read_versions(lk)
     promoted = promoted_version(versions)
-    control = [d.text for d in read_control_documents(lk) if d.part == "control"]
-    if not control:
-        raise FileNotFoundError(f"no general-text control set at {lk.control_text_path}: materialise control_text")
-    test = [chunk.text for chunk in read_split(lk, "test")]
-    models = {"base": None, "candidate": lk.adapter_dir}
-    if promoted:
-        models["promoted"] = lk.registry_version_dir(promoted.version) / "adapter"
-    scores = perplexities(
-        lk.base_model_dir, models, {"domain": test, "control": control}, settings.block_size, settings.max_blocks
+    report, domain_blocks, control_blocks = eval_figures(lk)
+    promoted_scores = (
+        perplexities_on_blocks(
+            lk.base_model_dir,
+            lk.registry_adapter_dir(promoted.version),
+            {"domain": domain_blocks, "control": control_blocks},
+            batch_size=int(report["config"]["batch_size"]),
+            device=settings.device,
+        )
+        if promoted
+        else None
     )
     gguf_ok, gguf_detail = gguf_checks(context.instance)
     inputs = GateInputs(
-        candidate_domain_perplexity=scores["candidate"]["domain"],
-        promoted_domain_perplexity=scores["promoted"]["domain"] if promoted else None,
-        base_control_perplexity=scores["base"]["control"],
-        candidate_control_perplexity=scores["candidate"]["control"],
+        candidate_domain_perplexity=report["adapted"]["perplexity"],
+        promoted_domain_perplexity=promoted_scores["domain"] if promoted_scores else None,
+        base_control_perplexity=report["control"]["base_perplexity"],
+        candidate_control_perplexity=report["control"]["adapted_perplexity"],
         gguf_checks_passed=gguf_ok,
         gguf_checks_detail=gguf_detail,
     )
     decision = promotion_decision(inputs, settings.forgetting_bound)
 
     version_id = next_version_id(versions)
-    verification = json.loads((lk.gguf_dir / "verification.json").read_text())
-    target = lk.gguf_dir / (lk.gguf_dir / "Modelfile").read_text().split("FROM ./", 1)[1].split()[0]
-    keep_version_files(lk, version_id, lk.adapter_dir, target, lk.gguf_dir / "Modelfile")
+    verification = json.loads(lk.gguf_verification_path.read_text())
+    target = lk.gguf_dir / lk.modelfile_path.read_text().split("FROM ./", 1)[1].split()[0]
+    keep_version_files(lk, version_id, lk.adapter_dir, target, lk.modelfile_path)
     lineage = json.loads((lk.adapter_dir / CONTINUAL_FILE).read_text())
     training = json.loads((lk.adapter_dir / TRAINING_INFO_FILE).read_text())
     row = ModelVersion(
@@ -124,7 +166,7 @@ def model_version(context: dg.AssetExecutionContext, config: GateRunConfig, lake
             "parent_version": row.parent or "none",
             "decision": row.decision,
             "reason": row.reason,
-            "domain_perplexity_base": round(scores["base"]["domain"], 4),
+            "domain_perplexity_base": round(report["base"]["perplexity"], 4),
             "domain_perplexity_candidate": round(inputs.candidate_domain_perplexity, 4),
             "domain_perplexity_promoted": (
                 round(inputs.promoted_domain_perplexity, 4) if inputs.promoted_domain_perplexity is not None else None
@@ -133,7 +175,7 @@ def model_version(context: dg.AssetExecutionContext, config: GateRunConfig, lake
             "control_perplexity_candidate": round(inputs.candidate_control_perplexity, 4),
             "control_perplexity_change": round(decision.control_change, 5),
             "promoted_version": promoted_now.version if promoted_now else "none",
-            "promoted_gguf": dg.MetadataValue.path(str(lk.promoted_dir / "model.gguf")),
+            "promoted_gguf": dg.MetadataValue.path(str(lk.promoted_gguf_path)),
             "gguf_sha256": row.gguf_sha256,
             "versions": table_value(version_rows(versions), versions_table_columns()),
             "versions_chart": png_markdown(chart, "model versions"),

@@ -7,7 +7,7 @@ UI rather than through a job (dagster #33430).
 
 import json
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import dagster as dg
 
@@ -31,7 +31,7 @@ from cpt_assets.defs.training.base import base_model
 from cpt_assets.lib.base_model import describe_model_dir
 from cpt_assets.lib.continual import CONTINUAL_FILE, ContinualConfig, prepare_training
 from cpt_assets.lib.control_text import read_control_documents, texts_of
-from cpt_assets.lib.lake import Lake, atomic_path, read_split
+from cpt_assets.lib.lake import Lake, atomic_path, content_version, read_split
 from cpt_assets.lib.launch import process_count, train_adapter_launched
 from cpt_assets.lib.registry import promoted_version, read_versions
 from cpt_assets.lib.training import TrainingConfig, loss_table, mfu, plot_losses, resolve_plan, train_adapter
@@ -56,7 +56,7 @@ def continual_inputs(lk: Lake, training_config: TrainingConfig, continual: Conti
     promoted = promoted_version(read_versions(lk))
     parent = None
     if promoted:
-        parent = (promoted.version, lk.registry_version_dir(promoted.version) / "adapter", promoted.base_sha256)
+        parent = (promoted.version, lk.registry_adapter_dir(promoted.version), promoted.base_sha256)
     shape = {
         "r": training_config.lora_r,
         "lora_alpha": training_config.lora_alpha,
@@ -117,22 +117,21 @@ def lora_adapter(
     plan = resolve_plan(training_config)  # fails here, naming the setting, on device=cuda without CUDA
     processes = process_count(training_config, plan.device)
     context.instance.add_run_tags(context.run_id, {"cpt/device": plan.device, "cpt/processes": str(processes)})
-    args = (
-        lk.base_model_dir,
-        inputs.mix.documents,
-        split_texts(lk, "validation"),
-        training_config,
-        lk.adapter_dir,
-        lk.checkpoints_dir,
-    )
+    validation = split_texts(lk, "validation")
+    # One folder per config and data (the same inputs give the same folder), so this materialisation's
+    # adapter_path stays true after later runs; models/adapter/latest points at the newest.
+    version = content_version(asdict(training_config), inputs.record(), inputs.mix.documents, validation)
+    out_dir = lk.version_dir("adapter", version)
+    args = (lk.base_model_dir, inputs.mix.documents, validation, training_config, out_dir, lk.checkpoints_dir)
     init = {"init_adapter_dir": inputs.plan.parent_adapter_dir}  # continuing from the promoted version, or None
     if processes > 1:
         context.log.info(f"training with {processes} processes (torchrun, DDP)")
         result = train_adapter_launched(processes, *args, progress_callback=progress, **init)
     else:
         result = train_adapter(*args, progress_callback=progress, **init)
-    with atomic_path(lk.adapter_dir / CONTINUAL_FILE) as tmp:
+    with atomic_path(out_dir / CONTINUAL_FILE) as tmp:
         tmp.write_text(json.dumps(inputs.record(), indent=2))
+    lk.publish_latest("adapter", version)
     utilisation = mfu(result.tokens_per_second, result.total_parameters, result.gpu_name, result.world_size)
     chart = plot_losses(result, lk.training_chart_path)
     base_loss, final_loss = result.base_eval_loss, result.final_eval_loss
@@ -179,6 +178,7 @@ def lora_adapter(
             "loss_chart": png_markdown(chart, "train and validation loss"),
             "losses": table(loss_table(result), ["step", "train_loss", "validation_loss"]),
             "adapter_path": dg.MetadataValue.path(str(result.adapter_dir)),
+            "version": version,
             "parent_version": inputs.plan.parent_version or "none",
             "start_reason": inputs.plan.reason,
             "replay_mix": table_value(inputs.mix.table(), ["part", "documents", "tokens", "share"]),
