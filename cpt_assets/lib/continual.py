@@ -20,13 +20,12 @@ ADAPTER_CONFIG = "adapter_config.json"
 
 @dataclass(frozen=True)
 class ContinualConfig:
-    """Replay, continuation and promotion settings."""
+    """Replay and continuation settings (the promotion gate's are GateConfig's)."""
 
     general_replay_share: float = 0.05  # share of training tokens drawn from general text (control set's replay part)
     earlier_replay_share: float = 0.2  # when continuing: share of tokens from documents earlier versions trained on
     continue_from_promoted: bool = True  # start from the promoted adapter when there is one (else from the base)
     rewarm_steps: int = 1  # linear warm-up steps of a continued run (its schedule then decays again)
-    forgetting_bound: float = 0.05  # largest allowed relative rise of general-text perplexity over the base
     replay_seed: int = 42  # which replay documents are drawn
 
     def validate(self) -> ContinualConfig:
@@ -41,8 +40,6 @@ class ContinualConfig:
             )
         if self.rewarm_steps < 0:
             raise ValueError(f"ContinualConfig.rewarm_steps must be >= 0, got {self.rewarm_steps}")
-        if not self.forgetting_bound >= 0:
-            raise ValueError(f"ContinualConfig.forgetting_bound must be >= 0, got {self.forgetting_bound}")
         return self
 
 
@@ -56,6 +53,12 @@ class GateConfig:
 
     forgetting_bound: float = 0.05  # largest allowed relative rise of general-text perplexity over the base
     device: str = "auto"  # where the promoted version is re-scored: "auto" (cuda when available), "cpu" or "cuda"
+
+    def __post_init__(self) -> None:
+        if not self.forgetting_bound >= 0:
+            raise ValueError(f"GateConfig.forgetting_bound must be >= 0, got {self.forgetting_bound}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"GateConfig.device must be one of auto, cpu, cuda, got {self.device!r}")
 
 
 # ---- replay mix ------------------------------------------------------------------------------------------------

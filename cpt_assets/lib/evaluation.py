@@ -264,9 +264,7 @@ def metric_rows(report: EvalReport) -> list[MetricRow]:
     ]
     if report.control is not None:
         control = report.control
-        rows.insert(
-            2, MetricRow("general-text perplexity", control.base_perplexity, control.adapted_perplexity, True, 2)
-        )
+        rows.insert(2, MetricRow("general perplexity", control.base_perplexity, control.adapted_perplexity, True, 2))
     return rows
 
 

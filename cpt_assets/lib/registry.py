@@ -101,7 +101,10 @@ def version_rows(versions: list[ModelVersion]) -> list[dict]:
     """Rows for a metadata table (long JSON fields left out)."""
     keep = ("version", "parent", "domain_perplexity", "promoted_domain_perplexity", "base_control_perplexity")
     keep += ("control_perplexity", "decision", "reason", "config_hash", "gguf_sha256")
-    return [{k: asdict(v)[k] for k in keep} for v in versions]
+    return [
+        {k: asdict(v)[k] for k in keep} | {"domain_ppl": v.domain_perplexity, "control_ppl": v.control_perplexity}
+        for v in versions
+    ]
 
 
 def plot_versions(versions: list[ModelVersion], path: Path) -> Path:
@@ -130,10 +133,3 @@ def plot_versions(versions: list[ModelVersion], path: Path) -> Path:
         figure.savefig(tmp, format="png")
     plt.close(figure)
     return path
-
-
-def versions_table_columns() -> list[str]:
-    return list(version_rows([_EMPTY])[0])
-
-
-_EMPTY = ModelVersion("v0", "", "", "", "{}", "", "", 0.0, None, 0.0, 0.0, "{}", "", "rejected", "")

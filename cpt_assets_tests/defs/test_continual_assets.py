@@ -1,8 +1,9 @@
 """Continual pretraining end to end on a tiny Llama (real tokenizer, real PDFs, real llama.cpp, real DuckDB):
 version 1 trained and promoted; a document added to a source and refreshed; automation asks for training and a
 continued version whose parent is v1 gets a recorded decision; a candidate trained with a learning rate far too
-high is rejected and the promoted GGUF stays byte-for-byte the old one; a refresh that changes nothing trains
-nothing (dagster's own automation-condition evaluation)."""
+high diverges, llama.cpp refuses its weights and nothing is registered or served; a candidate whose GGUF misses its
+fidelity bound is rejected and the promoted GGUF stays byte-for-byte the old one; a refresh that changes nothing
+trains nothing (dagster's own automation-condition evaluation)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from cpt_assets.defs.training.adapter import lora_adapter
 from cpt_assets.defs.training.base import base_model
 from cpt_assets.lib.lake import Lake
 from cpt_assets.lib.registry import read_versions
-from cpt_assets_tests.defs.conftest import materialization
+from cpt_assets_tests.defs.conftest import failure_message, materialization
 from cpt_assets_tests.defs.test_model_assets import TINY_EVAL, TINY_GGUF, TINY_TRAINING
 
 CORPUS = [raw_pdfs, page_text, clean_chunks]
@@ -31,12 +32,12 @@ ALL = [*CORPUS, corpus_splits, *MODEL]
 GATE = {"device": "cpu"}
 
 
-def model_config(tiny_model_dir, with_base: bool = True, **training) -> dict:
+def model_config(tiny_model_dir, with_base: bool = True, gguf: dict | None = None, **training) -> dict:
     """Run config of the model stages; with_base=False for a run that keeps the materialised base model."""
     ops = {
         "lora_adapter": {"config": {**TINY_TRAINING, **training}},
         "eval_report": {"config": TINY_EVAL},
-        "gguf_model": {"config": TINY_GGUF},
+        "gguf_model": {"config": {**TINY_GGUF, **(gguf or {})}},
         "model_version": {"config": GATE},
     }
     if with_base:
@@ -101,12 +102,23 @@ def test_refresh_continues_from_the_promoted_version_and_the_gate_guards_the_ser
     assert v2["version"] == "v2" and v2["parent_version"] == "v1" and v2["decision"] in ("promoted", "rejected")
     assert v2["reason"]
 
-    bad = run(
+    promoted_before = [v for v in read_versions(lake) if v.decision == "promoted"][-1].version
+    served_before = lake.promoted_gguf_path.read_bytes()
+
+    # A learning rate far too high: the weights diverge, llama.cpp refuses them, nothing is registered or served.
+    diverged = run(
         MODEL[2:], run_config=model_config(tiny_model_dir, with_base=False, learning_rate=5.0), raise_on_error=False
     )
-    promoted_before = [v for v in read_versions(lake)[:2] if v.decision == "promoted"][-1].version
+    assert not diverged.success
+    assert "non-finite" in failure_message(diverged)
+    assert len(read_versions(lake)) == 2 and lake.promoted_gguf_path.read_bytes() == served_before
+
+    # A candidate whose GGUF misses its fidelity bound: registered, rejected, the promoted file untouched.
+    strict = {"max_mean_kld": 1e-9, "modelfile_type": "Q8_0"}
+    bad = run(MODEL[2:], run_config=model_config(tiny_model_dir, with_base=False, gguf=strict), raise_on_error=False)
     v3 = materialization(bad, "model_version")
     assert v3["decision"] == "rejected", v3["reason"]
+    assert "GGUF" in v3["reason"]
     assert v3["promoted_version"] == promoted_before
     if promoted_before == "v1":
         assert (lake.promoted_dir / "model.gguf").read_bytes() == served
@@ -114,7 +126,7 @@ def test_refresh_continues_from_the_promoted_version_and_the_gate_guards_the_ser
         lake.registry_version_dir(promoted_before) / "model.gguf"
     ).read_bytes()
     checks = {e.check_name: e.passed for e in bad.get_asset_check_evaluations()}
-    assert checks["candidate_within_forgetting_bound"] is False or checks["candidate_beats_promoted"] is False
+    assert checks["gguf_kld_within_bound"] is False and checks["candidate_gguf_checks_pass"] is False
     rows = lake.connect().execute("SELECT version, parent, decision FROM model_versions ORDER BY version").fetchall()
     assert [r[0] for r in rows] == ["v1", "v2", "v3"] and rows[1][1] == "v1"
 

@@ -126,6 +126,14 @@ def test_gguf_loads_in_llama_cpp_and_carries_its_provenance(model_run, corpus_la
     assert {name: provenance[f"cpt.split.{name}.sha256"] for name in split_hashes} == split_hashes
     assert provenance["cpt.training.config_sha256"] == materialization(model_run, "lora_adapter")["config_hash"]
     assert "FROM ./model-Q8_0.gguf" in (corpus_lake.lake.gguf_dir / "Modelfile").read_text().splitlines()
+    # The UI's tables carry the figures (not placeholders): F16 and the chosen file against HF, KLD per candidate.
+    fidelity = {r.data["type"]: r.data for r in gguf["fidelity"].records}
+    assert set(fidelity) == {"F16", "Q8_0"} and fidelity["F16"]["tokens"] == "equal"
+    assert fidelity["F16"]["ppl"] > 1 and abs(fidelity["F16"]["drift_pct"]) < 1
+    assert {(c["type"], c["prompt"][:13]) for c in gguf["completions"]} >= {("F16", "The key words")}
+    kld = [r.data for r in gguf["kld_table"].records]
+    assert {(r["type"], r["imatrix"]) for r in kld} == {("Q8_0", False), ("Q8_0", True)}
+    assert all(0 <= r["mean_kld"] < 0.05 and 0 < r["top_pct"] <= 100 for r in kld)
 
 
 def test_eval_without_continuations_reports_null_text_scores(model_run, corpus_lake):

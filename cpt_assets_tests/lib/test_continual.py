@@ -9,6 +9,7 @@ import pytest
 
 from cpt_assets.lib.continual import (
     ContinualConfig,
+    GateConfig,
     GateInputs,
     plan_continuation,
     promotion_decision,
@@ -37,6 +38,18 @@ SHAPE = {"r": 8, "lora_alpha": 16, "use_rslora": True, "target_modules": ["q_pro
 def test_replay_share_outside_unit_interval_names_the_setting(field, value):
     with pytest.raises(ValueError, match=f"ContinualConfig.{field} must be in \\[0, 1\\)"):
         ContinualConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"forgetting_bound": -0.01}, "GateConfig.forgetting_bound must be >= 0"),
+        ({"device": "gpu"}, "GateConfig.device"),
+    ],
+)
+def test_gate_settings_are_validated_by_name(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GateConfig(**kwargs)
 
 
 def test_replay_mix_reaches_the_configured_shares_and_reports_tokens():

@@ -368,7 +368,7 @@ def test_general_text_is_scored_for_both_models_and_the_gate_reproduces_the_figu
     )
     assert control.base_perplexity != control.adapted_perplexity  # the adapter (b_std 0.5) changes the model
     assert control.change_pct == pytest.approx(100 * (control.adapted_perplexity / control.base_perplexity - 1))
-    row = next(r for r in metric_rows(report) if r.name == "general-text perplexity")
+    row = next(r for r in metric_rows(report) if r.name == "general perplexity")
     assert (row.base, row.adapted) == (control.base_perplexity, control.adapted_perplexity)
     data = report.to_dict()
     assert data["control"]["adapted_perplexity"] == control.adapted_perplexity and "blocks" not in data["control"]

@@ -26,7 +26,7 @@ from cpt_assets.lib.gguf_export import (
     export_gguf,
     toolchain_versions,
 )
-from cpt_assets.lib.gguf_fidelity import kld_markdown, kld_within, png_markdown
+from cpt_assets.lib.gguf_fidelity import kld_within, png_markdown
 from cpt_assets.lib.gguf_verify import gguf_loads, perplexity_within, tokenization_matches
 from cpt_assets.lib.lake import SPLIT_NAMES, Lake, content_version, read_scored_blocks, read_split, sha256_file
 from cpt_assets.lib.merge import merge_adapter
@@ -49,7 +49,9 @@ GGUF_CHECKS = {
 }
 # Metadata tables show in a value column about 380 px wide (Dagster 1.13, 1440 px window): a few short columns.
 FILE_COLUMNS = ["type", "mb", "bits_per_weight", "sha256"]
-FIDELITY_COLUMNS = ["type", "tokenization", "gguf_ppl", "drift_pct", "same_completions"]
+# Five short columns fit the metadata column; every figure is in verification.json.
+FIDELITY_COLUMNS = ["type", "tokens", "ppl", "drift_pct", "same_text"]
+KLD_COLUMNS = ["type", "imatrix", "mean_kld", "p99_kld", "top_pct"]
 
 
 @dg.asset(
@@ -193,17 +195,52 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
         for c in f.completions
     ]
     target = export.file(export.chosen_type)
-    rows = export.table()  # files and fidelity in one wide row per file: shown as two narrower tables
+    rows = export.table()
+    fidelity_rows = [
+        {
+            "type": f.file_type,
+            "tokens": "equal" if f.tokenization_equal else f"differ: {f.first_mismatch}",
+            "ppl": f.gguf_perplexity if f.loaded else None,
+            "drift_pct": 100 * f.relative_drift if f.loaded else None,
+            "same_text": f"{f.identical_completions}/{len(f.completions)}",
+        }
+        for f in export.fidelity
+    ]
+    kld_rows = [
+        {
+            "type": row.file_type,
+            "imatrix": row.imatrix,
+            "mean_kld": row.mean_kld,
+            "p99_kld": row.p99_kld,
+            "top_pct": 100 * row.same_top_share,
+        }
+        for row in export.quant_fidelity
+    ]
     metadata = {
         "hf_perplexity": sig(export.hf_perplexity),
         "hf_perplexity_from": "eval_report (same blocks)" if scored is not None else "computed here (no eval scores)",
         "chosen_type": export.chosen_type,
         "choice_reason": export.choice_reason,
-        "kld_table": dg.MetadataValue.md(kld_markdown(export.quant_fidelity)),
+        "kld_table": table(
+            kld_rows,
+            KLD_COLUMNS,
+            digits=3,
+            descriptions={"mean_kld": "mean KL divergence from F16", "top_pct": "same top token as F16, %"},
+        ),
         "size_vs_kld": dg.MetadataValue.md(png_markdown(export.plot.read_bytes()) if export.plot else "_no plot_"),
         "files": table([r | {"sha256": short_hash(str(r["sha256"]))} for r in rows], FILE_COLUMNS),
-        "fidelity": table(rows, FIDELITY_COLUMNS, chars=16),
-        "completions": table(completions, ["type", "prompt", "hf", "gguf"], chars=24),
+        "fidelity": table(
+            fidelity_rows,
+            FIDELITY_COLUMNS,
+            chars=16,
+            descriptions={
+                "tokens": "llama.cpp's tokens of the test texts vs the HF tokenizer's",
+                "ppl": "GGUF perplexity on eval_report's blocks",
+                "drift_pct": "GGUF vs HF perplexity on those blocks, %",
+                "same_text": "greedy completions identical to the HF model's",
+            },
+        ),
+        "completions": dg.MetadataValue.json(completions),  # too wide for a table: opens in its own dialog
         "provenance": dg.MetadataValue.json(export.provenance),  # the file's KV metadata, verbatim
         "toolchain": text(toolchain_versions()),
         "modelfile": dg.MetadataValue.md(f"```\n{export.modelfile.read_text()}\n```"),

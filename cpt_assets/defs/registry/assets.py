@@ -17,7 +17,7 @@ from cpt_assets.defs.automation import follow
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.evaluation.assets import eval_report
 from cpt_assets.defs.export.assets import GGUF_CHECKS, gguf_model
-from cpt_assets.defs.metadata import png_markdown, table_value
+from cpt_assets.defs.metadata import numbers, png_markdown, short_hash, table
 from cpt_assets.defs.registry.control import control_text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.lib.base_model import describe_model_dir
@@ -35,7 +35,6 @@ from cpt_assets.lib.registry import (
     promoted_version,
     read_versions,
     version_rows,
-    versions_table_columns,
 )
 from cpt_assets.lib.scoring import text_blocks
 from cpt_assets.lib.splits import split_content_hash
@@ -46,6 +45,7 @@ class GateRunConfig(config_class(GateConfig, "GateRunConfigBase")):
     """GateConfig's fields as run config (a class, so type checkers accept it as an annotation)."""
 
 
+VERSION_COLUMNS = ["version", "parent", "decision", "domain_ppl", "control_ppl"]
 DECIDING_CHECKS = ("candidate_beats_promoted", "candidate_within_forgetting_bound", "candidate_gguf_checks_pass")
 
 
@@ -166,18 +166,25 @@ def model_version(context: dg.AssetExecutionContext, config: GateRunConfig, lake
             "parent_version": row.parent or "none",
             "decision": row.decision,
             "reason": row.reason,
-            "domain_perplexity_base": round(report["base"]["perplexity"], 4),
-            "domain_perplexity_candidate": round(inputs.candidate_domain_perplexity, 4),
-            "domain_perplexity_promoted": (
-                round(inputs.promoted_domain_perplexity, 4) if inputs.promoted_domain_perplexity is not None else None
+            **numbers(
+                {
+                    "domain_perplexity_base": report["base"]["perplexity"],
+                    "domain_perplexity_candidate": inputs.candidate_domain_perplexity,
+                    "domain_perplexity_promoted": inputs.promoted_domain_perplexity,  # left out before a promotion
+                    "control_perplexity_base": inputs.base_control_perplexity,
+                    "control_perplexity_candidate": inputs.candidate_control_perplexity,
+                    "control_perplexity_change_pct": 100 * decision.control_change,
+                }
             ),
-            "control_perplexity_base": round(inputs.base_control_perplexity, 4),
-            "control_perplexity_candidate": round(inputs.candidate_control_perplexity, 4),
-            "control_perplexity_change": round(decision.control_change, 5),
             "promoted_version": promoted_now.version if promoted_now else "none",
             "promoted_gguf": dg.MetadataValue.path(str(lk.promoted_gguf_path)),
-            "gguf_sha256": row.gguf_sha256,
-            "versions": table_value(version_rows(versions), versions_table_columns()),
+            "gguf_sha256": short_hash(row.gguf_sha256),
+            # Five columns fit the metadata column; every field is in the DuckDB view model_versions.
+            "versions": table(
+                version_rows(versions),
+                VERSION_COLUMNS,
+                descriptions={"domain_ppl": "test-split perplexity", "control_ppl": "general-text perplexity"},
+            ),
             "versions_chart": png_markdown(chart, "model versions"),
         },
         check_results=[
