@@ -256,7 +256,7 @@ def metric_rows(report: EvalReport) -> list[MetricRow]:
         ("ROUGE-1", "rouge1", False, 4),
         ("ROUGE-2", "rouge2", False, 4),
         ("ROUGE-L", "rougeL", False, 4),
-        ("embedding similarity", "embedding_similarity", False, 4),
+        ("MiniLM similarity", "embedding_similarity", False, 4),
     ]
     rows = [
         MetricRow(name, getattr(report.base, attr), getattr(report.adapted, attr), lower, digits)

@@ -102,7 +102,7 @@ def version_rows(versions: list[ModelVersion]) -> list[dict]:
     keep = ("version", "parent", "domain_perplexity", "promoted_domain_perplexity", "base_control_perplexity")
     keep += ("control_perplexity", "decision", "reason", "config_hash", "gguf_sha256")
     return [
-        {k: asdict(v)[k] for k in keep} | {"domain_ppl": v.domain_perplexity, "control_ppl": v.control_perplexity}
+        {k: asdict(v)[k] for k in keep} | {"test_ppl": v.domain_perplexity, "general": v.control_perplexity}
         for v in versions
     ]
 

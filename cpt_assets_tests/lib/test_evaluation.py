@@ -299,7 +299,7 @@ def test_report_json_has_no_nan(tmp_path):
 
 def test_rich_table_lists_metrics_and_sources(report):
     text = rich_table(report)
-    for word in ("perplexity", "ROUGE-L", "embedding similarity", "nist", "ietf", "edge"):
+    for word in ("perplexity", "ROUGE-L", "MiniLM similarity", "nist", "ietf", "edge"):
         assert word in text
     assert "\x1b[" not in text  # plain text for the run log
 

@@ -39,14 +39,17 @@ def metrics_table(report) -> dg.MetadataValue:
     return table(
         [
             {
-                "metric": f"{row.name} {'↓' if row.lower_is_better else '↑'}",
+                "metric": row.name,
                 "base": sig(row.base),
                 "adapted": sig(row.adapted),
-                "change_pct": sig(row.change_pct, 3),
+                "Δ%": sig(row.change_pct, 2),
             }
             for row in metric_rows(report)
         ],
-        descriptions={"metric": "↓ lower is better, ↑ higher is better", "change_pct": "adapted vs base, % of base"},
+        descriptions={
+            "metric": "lower is better: loss and perplexities; higher is better: BLEU, ROUGE, similarity",
+            "Δ%": "adapted vs base, % of base",
+        },
     )
 
 

@@ -45,7 +45,7 @@ class GateRunConfig(config_class(GateConfig, "GateRunConfigBase")):
     """GateConfig's fields as run config (a class, so type checkers accept it as an annotation)."""
 
 
-VERSION_COLUMNS = ["version", "parent", "decision", "domain_ppl", "control_ppl"]
+VERSION_COLUMNS = ["version", "parent", "decision", "test_ppl", "general"]
 DECIDING_CHECKS = ("candidate_beats_promoted", "candidate_within_forgetting_bound", "candidate_gguf_checks_pass")
 
 
@@ -183,7 +183,7 @@ def model_version(context: dg.AssetExecutionContext, config: GateRunConfig, lake
             "versions": table(
                 version_rows(versions),
                 VERSION_COLUMNS,
-                descriptions={"domain_ppl": "test-split perplexity", "control_ppl": "general-text perplexity"},
+                descriptions={"test_ppl": "test-split perplexity", "general": "general-text perplexity"},
             ),
             "versions_chart": png_markdown(chart, "model versions"),
         },
