@@ -145,9 +145,17 @@ class UserError(Exception):
     """A mistake in the user's input or set-up: the CLI prints the message alone, without a traceback."""
 
 
+# A daemon heartbeats every 30 s. Dagster's own health check tolerates 30 minutes of silence, so a daemon stopped a
+# minute ago still reads "healthy" to it: a queue daemon counts as running here only if it beat within a minute.
+HEARTBEAT_TOLERANCE_S = 30.0
+
+
 def _foreign_queue_daemon(instance: dg.DagsterInstance) -> bool:
     name = QueuedRunCoordinatorDaemon.daemon_type()
-    return bool(get_daemon_statuses(instance, [name], ignore_errors=True)[name].healthy)
+    statuses = get_daemon_statuses(
+        instance, [name], ignore_errors=True, heartbeat_tolerance_seconds=HEARTBEAT_TOLERANCE_S
+    )
+    return bool(statuses[name].healthy)
 
 
 @dataclass
@@ -202,13 +210,13 @@ class DaemonHandle:
             state["clients"] = [*state["clients"], self.client_pid]
             self.state_path.write_text(json.dumps(state))
 
-    def alive(self) -> bool:
+    def alive(self, instance: dg.DagsterInstance | None = None) -> bool:
         if self.foreign:
-            return True
+            return instance is None or _foreign_queue_daemon(instance)
         pid = _read_json(self.state_path).get("pid")
         return bool(pid) and pid_alive(pid)
 
-    def stop(self) -> None:
+    def stop(self, instance: dg.DagsterInstance) -> None:
         if self.foreign:
             return
         with instance_lock(self.home):
@@ -219,6 +227,9 @@ class DaemonHandle:
                 self.state_path.write_text(json.dumps(state))
                 return
             stop_process_group(pid)
+            # Its heartbeats look healthy for a minute after it stops: the next CLI would take them for a foreign
+            # daemon (dagster dev) and wait for a queue nobody serves.
+            instance.wipe_daemon_heartbeats()
             self.state_path.unlink(missing_ok=True)
             log.info("stopped the dagster daemon (pid %d)", pid)
 
@@ -371,7 +382,7 @@ def wait_for(
             last = line
         if len(done) == len(runs):
             return runs
-        if not daemon.alive() and queued:
+        if not daemon.alive(instance) and queued:
             raise RuntimeError(f"the dagster daemon stopped; see {daemon.home / 'cpt-daemon.log'}")
         time.sleep(poll_s)
 
@@ -476,7 +487,7 @@ def run_main_job(home: Path, partitions: Sequence[str], corpus_only: bool) -> in
         _cancel_queued(instance, session)
         problems.append("interrupted")
     finally:
-        daemon.stop()
+        daemon.stop(instance)
         sweep_zombies(instance, retry=False)
     log.info(
         "wall time %.1f s (%s)", time.monotonic() - started, ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())

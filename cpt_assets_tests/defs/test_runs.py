@@ -64,14 +64,14 @@ def start_cli(env: dict, *args: str) -> subprocess.Popen:
     )
 
 
-def run_cli(env: dict, *args: str) -> tuple[int, str]:
+def run_cli(env: dict, *args: str, timeout_s: float = CLI_TIMEOUT_S) -> tuple[int, str]:
     process = start_cli(env, *args)
     try:
-        output, _ = process.communicate(timeout=CLI_TIMEOUT_S)
+        output, _ = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)  # the CLI and the daemon it started: nothing outlives the test
         output, _ = process.communicate()
-        pytest.fail(f"cpt-pipeline did not finish in {CLI_TIMEOUT_S} s:\n{output[-5000:]}")
+        pytest.fail(f"cpt-pipeline did not finish in {timeout_s} s:\n{output[-5000:]}")
     return process.returncode, output
 
 
@@ -117,6 +117,19 @@ def test_four_concurrent_launches_on_a_fresh_instance_all_succeed_with_the_seque
         assert all(run.remote_job_origin.location_name == "cpt_assets" for run in runs)
         assert len(instance.get_backfills()) == 1
     assert not (tmp_path / "home" / "cpt-daemon.json").exists()  # the last CLI stopped the daemon
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_second_main_job_right_after_the_first_starts_its_own_daemon(tmp_path, corpus_dir):
+    """The first CLI's daemon stops at its end, but its heartbeats look healthy for a minute: the second CLI must not
+    take them for a foreign daemon (dagster dev) and wait on a queue nobody serves."""
+    env = cli_env(tmp_path, make_sources(tmp_path, corpus_dir))
+    first = run_cli(env)
+    assert first[0] == 0, first[1][-3000:]
+    code, output = run_cli(env, "--sources", "nist", timeout_s=300)
+    assert code == 0, output[-3000:]
+    assert "already serves this instance's run queue" not in output and "started the dagster daemon" in output
 
 
 def _wait_for_started_worker(home: Path, step: str, timeout_s: float = 600) -> tuple[str, int]:
