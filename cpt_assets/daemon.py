@@ -47,9 +47,25 @@ def stop_when_orphaned(home: Path, check_s: float = ORPHAN_CHECK_S, grace_s: flo
     os.kill(os.getpid(), signal.SIGINT)
 
 
+def watch_for_orphaning(
+    home: Path, check_s: float = ORPHAN_CHECK_S, grace_s: float = ORPHAN_GRACE_S
+) -> threading.Thread:
+    """Start the orphan watch (call from the main thread).
+
+    SIGINT is handed to Python first: a CLI started in a background job or by a script under nohup runs with SIGINT
+    ignored, its daemon inherits that, and the watch's interrupt would do nothing (an orphan left running).
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    thread = threading.Thread(
+        target=stop_when_orphaned, args=(home, check_s, grace_s), daemon=True, name="orphan-watch"
+    )
+    thread.start()
+    return thread
+
+
 def main() -> int:
     home = Path(os.environ["DAGSTER_HOME"])
-    threading.Thread(target=stop_when_orphaned, args=(home,), daemon=True, name="orphan-watch").start()
+    watch_for_orphaning(home)
     with dg.DagsterInstance.get() as instance:
         types = [daemon.daemon_type() for daemon in DAEMON_TYPES]
         with daemon_controller_from_instance(

@@ -421,7 +421,7 @@ def build_junk_text(folder: Path, seed: int = 10) -> BuiltPdf:
     """A text layer of symbol salad (what a broken font encoding yields): every page is garbage."""
     rng = random.Random(seed)
     doc = pymupdf.open()
-    alphabet = "\"7+%-#@!*&^()=;:<>/\\|~`"
+    alphabet = '"7+%-#@!*&^()=;:<>/\\|~`'
     for _ in range(2):
         page = doc.new_page(width=PAGE_W, height=PAGE_H)
         for row in range(30):

@@ -181,16 +181,6 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], width
     return header + body
 
 
-def table_value(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> dg.MetadataValue:
-    """Kept for callers not yet moved to `table` (same output)."""
-    return table(rows, columns)
-
-
-def counts_md(counts: dict[str, int], key: str = "reason", value: str = "count") -> dg.MetadataValue:
-    """Kept for callers not yet moved to `counts_table`."""
-    return counts_table(counts, key, value)
-
-
 def check_result(
     name: str,
     passed: bool,

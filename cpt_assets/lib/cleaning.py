@@ -519,8 +519,10 @@ def code_runs(lines: Sequence[str], min_lines: int = CODE_RUN_MIN_LINES) -> set[
             i += 1
             continue
         j, misses = i, 0
-        while j + 1 < len(lines) and lines[j + 1].strip() and (
-            flags[j + 1] or (misses == 0 and j + 2 < len(lines) and flags[j + 2])
+        while (
+            j + 1 < len(lines)
+            and lines[j + 1].strip()
+            and (flags[j + 1] or (misses == 0 and j + 2 < len(lines) and flags[j + 2]))
         ):
             misses += not flags[j + 1]
             j += 1

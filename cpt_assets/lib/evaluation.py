@@ -38,12 +38,14 @@ from cpt_assets.lib.lake import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
     EVAL_CHART,
+    EVAL_CONTROL_BLOCKS,
     EVAL_REPORT_JSON,
     EVAL_REPORT_MD,
     EVAL_SCORES,
     atomic_path,
     sha256_file,
     write_scored_blocks,
+    write_token_blocks,
 )
 from cpt_assets.lib.metrics import TextScores, score_texts
 from cpt_assets.lib.scoring import (
@@ -196,7 +198,7 @@ class EvalReport:
         data = asdict(self)
         data.pop("scored")  # its own file (scores.json): thousands of token ids do not belong in the report
         if self.control is not None:
-            data["control"].pop("blocks")
+            data["control"].pop("blocks")  # its own file too (control_blocks.json)
             data["control"]["change_pct"] = self.control.change_pct
         for row, record in zip(data["per_source"], self.per_source, strict=True):
             row["change_pct"] = record.change_pct
@@ -238,6 +240,7 @@ class ReportFiles:
     chart_path: Path
     scores_path: Path | None  # the adapted model's ScoredBlocks (for GGUF verification); None when not written
     markdown: str
+    control_blocks_path: Path | None = None  # the general-text blocks scored (for the gate); None without control
 
 
 def relative_change(before: float, after: float) -> float:
@@ -752,9 +755,11 @@ def draw_chart(report: EvalReport, path: Path) -> None:
 
 
 def write_report(report: EvalReport, out_dir: Path | str) -> ReportFiles:
-    """Write report.json (every figure), report.md, model_comparison.png and scores.json into `out_dir`, atomically.
+    """Write the report's files into `out_dir`, atomically.
 
-    scores.json (the adapted model's scored blocks) is written when the report carries them.
+    report.json (every figure), report.md and model_comparison.png; scores.json (the adapted model's scored blocks)
+    when the report carries them; control_blocks.json (the general-text blocks both models were scored on) when it
+    has a control set.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -764,9 +769,12 @@ def write_report(report: EvalReport, out_dir: Path | str) -> ReportFiles:
         chart_path=out_dir / EVAL_CHART,
         scores_path=out_dir / EVAL_SCORES if report.scored is not None else None,
         markdown=markdown_table(report),
+        control_blocks_path=out_dir / EVAL_CONTROL_BLOCKS if report.control is not None else None,
     )
     if report.scored is not None and files.scores_path is not None:
         write_scored_blocks(report.scored, files.scores_path)
+    if report.control is not None and files.control_blocks_path is not None:
+        write_token_blocks(report.control.blocks, files.control_blocks_path)
     with atomic_path(files.json_path) as tmp:
         tmp.write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False))
     with atomic_path(files.markdown_path) as tmp:

@@ -25,6 +25,7 @@ import ctypes
 import functools
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -749,7 +750,14 @@ def export_gguf(
         f16 = convert_to_gguf(model_dir, tmp / gguf_file_name(stem, "F16"), provenance, config.sampling, sources)
         test_file = write_text(test, work / "test.txt")
         base = work / "f16.kld"
-        kld_base(f16.path, test_file, base, sources, context, chunks, config.threads)
+        f16_perplexity = kld_base(f16.path, test_file, base, sources, context, chunks, config.threads)
+        if f16_perplexity is not None and not math.isfinite(f16_perplexity):
+            # Before the imatrix: llama-imatrix exits on such weights too, but its message can be lost.
+            raise ValueError(
+                f"the F16 GGUF of {model_dir} gives non-finite log-probabilities on the test text (perplexity "
+                f"{f16_perplexity}; the HF model's is {reference.perplexity:.4g}): its weights or activations "
+                "overflow half precision, as a diverged training run's do (learning rate too high?)"
+            )
         imatrix = None
         if config.use_imatrix:
             train_context, train_chunks = chunk_plan(

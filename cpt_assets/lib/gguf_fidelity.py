@@ -164,13 +164,23 @@ def check_imatrix(imatrix: Path, model_gguf: Path) -> None:
 
 def kld_base(
     f16_path: Path, text_file: Path, base_out: Path, sources: LlamaCpp, context: int, chunks: int, threads=None
-) -> float:
-    """Store the F16 file's log-probabilities over the text (llama-perplexity --kl-divergence-base); its perplexity."""
+) -> float | None:
+    """Store the F16 file's log-probabilities over the text (llama-perplexity --kl-divergence-base); its perplexity.
+
+    The running perplexity the tool prints after its last chunk, `nan` and `inf` included: the weights or
+    activations overflow half precision (the tool then prints no "Final estimate"). None when no such figure was
+    printed (llama.cpp logs from a thread and can lose its last lines).
+    """
     command = [sources.tool("llama-perplexity"), "-m", f16_path, "-f", text_file, "--kl-divergence-base", base_out]
     command += ["-c", str(context), "--chunks", str(chunks), "-t", _threads(threads), NO_REPACK]
     output = run_tool(command)
-    match = re.search(r"Final estimate: PPL = ([0-9.]+)", output)
-    return float(match[1]) if match else float("nan")
+    return running_perplexity(output)
+
+
+def running_perplexity(output: str) -> float | None:
+    """The last running perplexity llama-perplexity printed (`[1]23.4567,[2]21.3052,`: 21.3052; `-nan` is NaN)."""
+    running = re.findall(r"\[\d+\](-?(?:[0-9.]+|nan|inf)),", output, re.IGNORECASE)
+    return float(running[-1]) if running else None
 
 
 _STATS = {

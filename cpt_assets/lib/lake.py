@@ -19,7 +19,7 @@ import shutil
 import types
 import typing
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ EVAL_REPORT_JSON = "report.json"
 EVAL_REPORT_MD = "report.md"
 EVAL_CHART = "model_comparison.png"
 EVAL_SCORES = "scores.json"  # the adapted model's ScoredBlocks: GGUF verification scores these very blocks
+EVAL_CONTROL_BLOCKS = "control_blocks.json"  # the general-text blocks eval_report scored: the gate re-uses them
 # File names inside the gguf folder (written by gguf_export.export_gguf) and the registry's version folders.
 GGUF_VERIFICATION = "verification.json"  # how each GGUF file compared with F16 and the HF model
 MODELFILE = "Modelfile"  # Ollama's: FROM the chosen file, the template and parameters
@@ -321,6 +322,11 @@ class Lake:
         return self.eval_dir / EVAL_SCORES
 
     @property
+    def eval_control_blocks_path(self) -> Path:
+        """The general-text token blocks eval_report scored, read by model_version (the promoted version's)."""
+        return self.eval_dir / EVAL_CONTROL_BLOCKS
+
+    @property
     def gguf_dir(self) -> Path:
         """The latest GGUF export (read side); write a version with version_dir("gguf", ...)."""
         return self.latest_dir("gguf")
@@ -443,6 +449,29 @@ def write_scored_blocks(scored: ScoredBlocks, path: Path) -> Path:
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(json.dumps(data, allow_nan=False), encoding="utf-8")
     return Path(path)
+
+
+def write_token_blocks(blocks: Sequence[Sequence[int]], path: Path) -> Path:
+    """Token blocks as JSON (a list of lists of ids), atomically."""
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(json.dumps([[int(t) for t in block] for block in blocks]), encoding="utf-8")
+    return Path(path)
+
+
+def read_token_blocks(path: Path) -> list[list[int]] | None:
+    """The blocks written by `write_token_blocks`, or None when the file does not exist.
+
+    Raises:
+        ValueError: the file holds no list of token-id lists (names the file).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [[int(t) for t in block] for block in data]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a token-blocks file: {error}") from error
 
 
 def read_scored_blocks(path: Path) -> ScoredBlocks | None:

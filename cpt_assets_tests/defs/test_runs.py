@@ -235,21 +235,28 @@ def test_cpt_ui_stops_within_seconds_on_sigterm(tmp_path):
 
 
 def test_the_daemon_stops_itself_once_no_cli_is_left(tmp_path):
-    """A CLI that is killed cannot stop the daemon it started; the daemon notices and stops (no orphan left)."""
+    """A CLI that is killed cannot stop the daemon it started; the daemon notices and stops (no orphan left), also
+    when it was started with SIGINT ignored (a CLI in a background job or under nohup passes that on)."""
     client = subprocess.Popen(["sleep", "2"])  # stands for a living CLI that then goes away
     (tmp_path / "cpt-daemon.json").write_text(json.dumps({"pid": 0, "clients": [client.pid], "env": {}}))
     watcher = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from cpt_assets.daemon import stop_when_orphaned\n"
+        "from cpt_assets.daemon import watch_for_orphaning\n"
         "try:\n"
-        f"    stop_when_orphaned(Path({str(tmp_path)!r}), check_s=0.1, grace_s=0.1)\n"
+        f"    watch_for_orphaning(Path({str(tmp_path)!r}), check_s=0.1, grace_s=0.1)\n"
         "    time.sleep(30)\n"
         "except KeyboardInterrupt:\n"
         "    print('stopped')\n"
     )
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", watcher], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", watcher],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as a background job starts it
+    )
     elapsed = time.monotonic() - started
     client.wait()
     assert done.stdout.strip() == "stopped", done.stderr[-2000:]

@@ -356,8 +356,11 @@ CONTROL = [
 ]
 
 
-def test_general_text_is_scored_for_both_models_and_the_gate_reproduces_the_figure(tiny_model_dir, adapter_dir):
+def test_general_text_is_scored_for_both_models_and_the_gate_reproduces_the_figure(
+    tiny_model_dir, adapter_dir, tmp_path
+):
     from cpt_assets.lib.continual import perplexities_on_blocks
+    from cpt_assets.lib.lake import read_token_blocks
     from cpt_assets.lib.scoring import text_blocks
 
     config = EvalConfig(**{**asdict(CONFIG), "max_samples": 0, "max_control_blocks": 2})
@@ -372,10 +375,14 @@ def test_general_text_is_scored_for_both_models_and_the_gate_reproduces_the_figu
     assert (row.base, row.adapted) == (control.base_perplexity, control.adapted_perplexity)
     data = report.to_dict()
     assert data["control"]["adapted_perplexity"] == control.adapted_perplexity and "blocks" not in data["control"]
-    # The promotion gate re-derives these blocks and scores them: the same figure, not a second definition.
     tokenizer = load_base_model(tiny_model_dir, "cpu", "float32")[1]
-    blocks = text_blocks(CONTROL, tokenizer, config.block_size, config.max_control_blocks)
-    assert [tuple(b) for b in blocks] == list(control.blocks)
+    packed = text_blocks(CONTROL, tokenizer, config.block_size, config.max_control_blocks)
+    assert [tuple(b) for b in packed] == list(control.blocks)  # the scoring core's packing of the control text
+    # The promotion gate reads the blocks the report wrote and scores them: the same figure, not a second definition.
+    files = write_report(report, tmp_path / "eval")
+    assert files.control_blocks_path is not None and files.control_blocks_path.name == "control_blocks.json"
+    blocks = read_token_blocks(files.control_blocks_path)
+    assert blocks is not None and [tuple(b) for b in blocks] == list(control.blocks)
     again = perplexities_on_blocks(tiny_model_dir, adapter_dir, {"control": blocks}, device="cpu")
     assert again["control"] == pytest.approx(control.adapted_perplexity, rel=1e-6)
     assert perplexities_on_blocks(tiny_model_dir, None, {"control": blocks}, device="cpu")["control"] == pytest.approx(

@@ -203,6 +203,8 @@ def test_second_architecture_olmo2(olmo2_dir, rfc_texts, tmp_path):
     assert fidelity.tokenization_equal and fidelity.tokens_compared > 500, fidelity.first_mismatch
     assert perplexity_within(fidelity, 0.01)[0], perplexity_within(fidelity, 0.01)[1]
     assert read_provenance(f16.path)["cpt.merged_model.sha256"] == "d" * 64
+
+
 def test_f16_gguf_matches_hf_model(export, rfc_texts):
     f16 = export.fidelity[0]
     assert gguf_loads(f16)[0]
@@ -399,6 +401,24 @@ def test_failed_export_leaves_the_previous_export_intact(export, model_dir, rfc_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign-tokenizer", "gguf"], "nothing written beside it"
 
 
+def test_weights_that_overflow_half_precision_fail_naming_it(model_dir, rfc_texts, train_texts, config, tmp_path):
+    """A diverged run's weights: finite in float32 (HF scores them), but the MLP's activations pass 65504, so the
+    F16 GGUF's log-probabilities are NaN. The export fails saying so, before llama-imatrix (whose own message
+    llama.cpp's threaded logger can lose), and writes nothing."""
+    from safetensors.torch import load_file, save_file
+
+    diverged = tmp_path / "diverged"
+    shutil.copytree(model_dir, diverged)
+    weights = load_file(str(diverged / "model.safetensors"))
+    big = {k: (v * 300 if ("gate_proj" in k or "up_proj" in k) else v).contiguous() for k, v in weights.items()}
+    save_file(big, str(diverged / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "gguf"
+    with pytest.raises(ValueError, match=r"non-finite log-probabilities .* overflow half precision") as failure:
+        export_gguf(diverged, out, PROVENANCE, rfc_texts, config, train_texts=train_texts)
+    assert "the HF model's is " in str(failure.value) and "nan" not in str(failure.value).split("HF model's is ")[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diverged"], "nothing written"
+
+
 def test_failed_quantization_leaves_the_previous_file(tmp_path, sources):
     not_gguf = tmp_path / "in.gguf"
     not_gguf.write_bytes(b"\0" * 4096)
@@ -459,6 +479,27 @@ Median  KLD:   0.012345
 ====== Token probability statistics ======
 Same top p: 91.912 ± 0.123 %
 """
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ("[1]23.4567,[2]21.3052,\nFinal estimate: PPL = 21.3052 +/- 1.2", 21.3052),
+        ("[1]-nan,[2]-nan,\nUnexpected negative standard deviation of log(prob)", math.nan),
+        ("[1]inf,", math.inf),
+        ("perplexity: tokenizing the input ..", None),
+    ],
+)
+def test_running_perplexity(output, expected):
+    from cpt_assets.lib.gguf_fidelity import running_perplexity
+
+    found = running_perplexity(output)
+    if expected is None:
+        assert found is None
+    elif math.isnan(expected):
+        assert found is not None and math.isnan(found)
+    else:
+        assert found == expected
 
 
 def test_parse_kld_output():

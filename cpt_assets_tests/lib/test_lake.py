@@ -116,6 +116,17 @@ def test_content_version(a, b, same):
     assert len(content_version(*a)) == 16
 
 
+def test_token_blocks_round_trip_and_bad_file(tmp_path):
+    from cpt_assets.lib.lake import read_token_blocks, write_token_blocks
+
+    path = write_token_blocks([(5, 6, 0, 7), [8, 0]], tmp_path / "control_blocks.json")
+    assert read_token_blocks(path) == [[5, 6, 0, 7], [8, 0]]
+    assert read_token_blocks(tmp_path / "none.json") is None
+    (tmp_path / "bad.json").write_text('{"blocks": 3}')
+    with pytest.raises(ValueError, match="bad.json is not a token-blocks file"):
+        read_token_blocks(tmp_path / "bad.json")
+
+
 def test_scored_blocks_round_trip_and_bad_file(tmp_path):
     scored = ScoredBlocks(
         model="adapted",

@@ -2,7 +2,7 @@
 
 The base and candidate figures are eval_report's (the current test split and the held-out general text, one
 figure per model wherever the UI shows it); the promoted version is scored on the very blocks eval_report scored
-(data_lake/eval/latest/scores.json and the report's control blocks). The GGUF checks are read from the
+(data_lake/eval/latest/scores.json and control_blocks.json). The GGUF checks are read from the
 gguf_model checks of this candidate. `lib.continual`'s pure gate decides; the deciding checks are blocking, and
 the promoted GGUF + Modelfile at data_lake/promoted/ change only on a promotion (the replaced files move to
 data_lake/promoted_previous/).
@@ -22,9 +22,15 @@ from cpt_assets.defs.registry.control import control_text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.lib.base_model import describe_model_dir
 from cpt_assets.lib.continual import CONTINUAL_FILE, GateConfig, GateInputs, perplexities_on_blocks, promotion_decision
-from cpt_assets.lib.control_text import read_control_documents
 from cpt_assets.lib.evaluation import adapter_weights_sha256
-from cpt_assets.lib.lake import EVAL_REPORT_JSON, SPLIT_NAMES, read_scored_blocks, read_split, sha256_file
+from cpt_assets.lib.lake import (
+    EVAL_REPORT_JSON,
+    SPLIT_NAMES,
+    read_scored_blocks,
+    read_split,
+    read_token_blocks,
+    sha256_file,
+)
 from cpt_assets.lib.registry import (
     ModelVersion,
     append_version,
@@ -36,7 +42,6 @@ from cpt_assets.lib.registry import (
     read_versions,
     version_rows,
 )
-from cpt_assets.lib.scoring import text_blocks
 from cpt_assets.lib.splits import split_content_hash
 from cpt_assets.lib.training import TRAINING_INFO_FILE
 
@@ -73,21 +78,11 @@ def eval_figures(lk) -> tuple[dict, list[list[int]], list[list[int]]]:
         raise ValueError(
             f"the eval report at {lk.eval_dir} scored another adapter than {lk.adapter_dir}: materialise eval_report"
         )
-    if not report.get("control"):
+    control_blocks = read_token_blocks(lk.eval_control_blocks_path)
+    if not report.get("control") or not control_blocks:
         raise FileNotFoundError(
             f"the eval report at {lk.eval_dir} has no general-text figures (no control set at "
             f"{lk.control_text_path}): materialise control_text, then eval_report"
-        )
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(lk.base_model_dir))
-    control = [d.text for d in read_control_documents(lk) if d.part == "control"]
-    config = report["config"]
-    control_blocks = text_blocks(control, tokenizer, int(config["block_size"]), int(config["max_control_blocks"]))
-    if sum(len(block) - 1 for block in control_blocks) != report["control"]["tokens"]:
-        raise ValueError(
-            f"the control set at {lk.control_text_path} changed since the eval report at {lk.eval_dir}: "
-            "materialise eval_report"
         )
     return report, [list(block) for block in scored.blocks], control_blocks
 

@@ -22,7 +22,6 @@ from cpt_assets.defs.metadata import (
     short_hash,
     sig,
     table,
-    table_value,
     text,
 )
 from cpt_assets.defs.registry.control import control_text
@@ -181,7 +180,7 @@ def lora_adapter(
             "version": version,
             "parent_version": inputs.plan.parent_version or "none",
             "start_reason": inputs.plan.reason,
-            "replay_mix": table_value(inputs.mix.table(), ["part", "documents", "tokens", "share"]),
+            "replay_mix": table(inputs.mix.table(), ["part", "documents", "tokens", "share"]),
             **{f"tokens_{part}": tokens for part, tokens in inputs.mix.tokens.items()},
         },
         data_version=dg.DataVersion(f"{result.config_hash}-{result.data_fingerprint[:8]}"),
