@@ -98,12 +98,14 @@ def train_texts(corpus_dir) -> list[str]:
     return _pages(corpus_dir, "ietf/rfc6749.txt.pdf", range(10, 14))
 
 
-def _scaled(folder: Path) -> Path:
+def _scaled(folder: Path, factor: float = 3, names: tuple[str, ...] = ()) -> Path:
+    """Multiply the matrices (those whose name contains one of `names`, when given) by `factor`, in place."""
     from safetensors.torch import load_file, save_file
 
     weights = load_file(str(folder / "model.safetensors"))
+    chosen = {k for k, v in weights.items() if v.ndim == 2 and (not names or any(n in k for n in names))}
     save_file(
-        {k: (v * 3 if v.ndim == 2 else v).contiguous() for k, v in weights.items()},
+        {k: (v * factor if k in chosen else v).contiguous() for k, v in weights.items()},
         str(folder / "model.safetensors"),
         metadata={"format": "pt"},
     )
@@ -405,13 +407,7 @@ def test_weights_that_overflow_half_precision_fail_naming_it(model_dir, rfc_text
     """A diverged run's weights: finite in float32 (HF scores them), but the MLP's activations pass 65504, so the
     F16 GGUF's log-probabilities are NaN. The export fails saying so, before llama-imatrix (whose own message
     llama.cpp's threaded logger can lose), and writes nothing."""
-    from safetensors.torch import load_file, save_file
-
-    diverged = tmp_path / "diverged"
-    shutil.copytree(model_dir, diverged)
-    weights = load_file(str(diverged / "model.safetensors"))
-    big = {k: (v * 300 if ("gate_proj" in k or "up_proj" in k) else v).contiguous() for k, v in weights.items()}
-    save_file(big, str(diverged / "model.safetensors"), metadata={"format": "pt"})
+    diverged = _scaled(shutil.copytree(model_dir, tmp_path / "diverged"), 300, ("gate_proj", "up_proj"))
     out = tmp_path / "gguf"
     with pytest.raises(ValueError, match=r"non-finite log-probabilities .* overflow half precision") as failure:
         export_gguf(diverged, out, PROVENANCE, rfc_texts, config, train_texts=train_texts)
