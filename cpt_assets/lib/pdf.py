@@ -328,7 +328,7 @@ def extract_pages(
             page_verdict(text, bool(doc[i].get_images(full=False)) if not text.strip() else False, verdicts)
             for i, text in enumerate(texts)
         ]
-    verdict = document_verdict([(nonspace_chars(t), v) for t, v in zip(texts, page_verdicts, strict=True)], verdicts)
+    verdict = document_verdict([(v.chars, v) for v in page_verdicts], verdicts)
     if verdict.status in ("no_text", "unreadable"):
         return [], _failure(raw, f"{_VERDICT_PREFIX[verdict.status]}: {verdict.reason}")
     pages = [
@@ -362,9 +362,15 @@ def _page_reason(verdict: Verdict, numeric_tables: int) -> str:
     return "; ".join(reasons)
 
 
-def document_status(pages: list[Page]) -> tuple[str, str]:
-    """A document's verdict (status, reason) from its stored pages (failed documents have a PageFailure instead)."""
-    verdict = document_verdict([(nonspace_chars(p.text), Verdict(p.status, p.reason, p.garbage)) for p in pages])  # type: ignore[arg-type]
+def document_status(pages: list[Page], chars: list[int] | None = None) -> tuple[str, str]:
+    """A document's verdict (status, reason) from its stored pages (failed documents have a PageFailure instead).
+
+    `chars`: the pages' non-space characters where the caller has counted them already.
+    """
+    counts = chars if chars is not None else [nonspace_chars(p.text) for p in pages]
+    verdict = document_verdict(
+        [(n, Verdict(p.status, p.reason, p.garbage)) for n, p in zip(counts, pages, strict=True)]  # type: ignore[arg-type]
+    )
     return verdict.status, verdict.reason
 
 
@@ -533,8 +539,9 @@ def extract_source(
 def _summary(
     raw: RawDocument, status: Literal["extracted", "reused"], pages: list[Page], started: float
 ) -> DocumentText:
-    verdict, reason = document_status(pages)
-    chars = sum(nonspace_chars(p.text) for p in pages)
+    counts = [nonspace_chars(p.text) for p in pages]
+    verdict, reason = document_status(pages, counts)
+    chars = sum(counts)
     return DocumentText(
         doc_id=raw.doc_id,
         status=status,
@@ -545,6 +552,6 @@ def _summary(
         verdict=verdict,
         reason=reason,
         text_coverage=round(sum(bool(p.text.strip()) for p in pages) / len(pages), 4) if pages else 0.0,
-        garbage=round(sum(p.garbage * nonspace_chars(p.text) for p in pages) / chars, 4) if chars else 0.0,
+        garbage=round(sum(p.garbage * n for p, n in zip(pages, counts, strict=True)) / chars, 4) if chars else 0.0,
         tables=sum(p.tables for p in pages),
     )

@@ -27,7 +27,7 @@ class Served:
     path: str
     range: str | None  # the Range header the client sent
     status: int
-    body_bytes: int  # bytes of body actually written
+    body_bytes: int  # bytes of body the server sent (logged before the headers go out)
 
 
 @dataclass
@@ -103,24 +103,23 @@ def _handler_for(state: FolderServer) -> type[BaseHTTPRequestHandler]:
             cut = state.take_cut(name) if send_body else None
             if cut is not None:
                 self.send_header("Connection", "close")
+            payload = (body if cut is None else body[:cut]) if send_body else b""
+            # Logged before the headers leave: a client that has its answer may look at the log at once.
+            state.log(Served(name, range_header, status, len(payload)))
             self.end_headers()
-            written = 0
             if send_body:
-                payload = body if cut is None else body[:cut]
                 self.wfile.write(payload)
                 self.wfile.flush()
-                written = len(payload)
                 if cut is not None:
                     self.close_connection = True
-            state.log(Served(name, range_header, status, written))
 
         def _reply_empty(self, status: int, name: str, range_header: str | None, headers: dict | None = None) -> None:
             self.send_response(status)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.send_header("Content-Length", "0")
-            self.end_headers()
             state.log(Served(name, range_header, status, 0))
+            self.end_headers()
 
     return Handler
 
