@@ -432,6 +432,125 @@ def build_junk_text(folder: Path, seed: int = 10) -> BuiltPdf:
     return BuiltPdf("junk_text", path, "", expect_status="unreadable", pages=pages)
 
 
+# The legal front matter ETSI prints in every deliverable (from ETSI TS 103 645 V2.1.1 and its siblings).
+ETSI_HEAD = "ETSI TS 103 645 V2.1.1 (2020-06)"
+ETSI_LEGAL_PAGE = [
+    "Reference", "RTS/CYBER-0050", "Keywords", "cybersecurity, IoT, privacy", "", "ETSI",
+    "650 Route des Lucioles", "F-06921 Sophia Antipolis Cedex - FRANCE", "",
+    "Tel.: +33 4 92 94 42 00   Fax: +33 4 93 65 47 16", "", "Siret N\u00b0 348 623 562 00017 - APE 7112B",
+    "Association \u00e0 but non lucratif enregistr\u00e9e \u00e0 la",
+    "Sous-Pr\u00e9fecture de Grasse (06) N\u00b0 w061004871", "", "Important notice", "",
+    "The present document can be downloaded from:", "http://www.etsi.org/standards-search", "",
+    "The present document may be made available in electronic versions and/or in print. The content of any",
+    "electronic and/or print versions of the present document shall not be modified without the prior written",
+    "authorization of ETSI. In case of any existing or perceived difference in contents between such versions",
+    "and/or in print, the prevailing version of an ETSI deliverable is the one made publicly available in PDF",
+    "format at www.etsi.org/deliver.", "",
+    "Users of the present document should be aware that the document may be subject to revision or change of",
+    "status. Information on the current status of this and other ETSI documents is available at",
+    "https://portal.etsi.org/TB/ETSIDeliverableStatus.aspx", "",
+    "If you find errors in the present document, please send your comment to one of the following services:",
+    "https://portal.etsi.org/People/CommiteeSupportStaff.aspx", "", "Copyright Notification", "",
+    "No part may be reproduced or utilized in any form or by any means, electronic or mechanical, including",
+    "photocopying and microfilm except as authorized by written permission of ETSI.",
+    "The content of the PDF version shall not be modified without the written authorization of ETSI.",
+    "The copyright and the foregoing restriction extend to reproduction in all media.", "",
+    "\u00a9 ETSI 2020.", "All rights reserved.", "",
+    "DECT\u2122, PLUGTESTS\u2122, UMTS\u2122 and the ETSI logo are trademarks of ETSI registered for the benefit",
+    "of its Members.",
+    "3GPP\u2122 and LTE\u2122 are trademarks of ETSI registered for the benefit of its Members and of the 3GPP",
+    "Organizational Partners.",
+    "oneM2M\u2122 logo is a trademark of ETSI registered for the benefit of its Members and of the oneM2M Partners.",
+    "GSM\u00ae and the GSM logo are trademarks registered and owned by the GSM Association.",
+]  # fmt: skip
+ETSI_IPR = [
+    "Intellectual Property Rights", "", "Essential patents", "",
+    "IPRs essential or potentially essential to normative deliverables may have been declared to ETSI. The",
+    "information pertaining to these essential IPRs, if any, is publicly available for ETSI members and",
+    "non-members, and can be found in ETSI SR 000 314: \"Intellectual Property Rights (IPRs); Essential, or",
+    "potentially Essential, IPRs notified to ETSI in respect of ETSI standards\", which is available from the ETSI",
+    "Secretariat. Latest updates are available on the ETSI Web server (https://ipr.etsi.org/).", "",
+    "Pursuant to the ETSI IPR Policy, no investigation, including IPR searches, has been carried out by ETSI. No",
+    "guarantee can be given as to the existence of other IPRs not referenced in ETSI SR 000 314 (or the updates",
+    "on the ETSI Web server) which are, or may be, or may become, essential to the present document.", "",
+    "Trademarks", "",
+    "The present document may include trademarks and/or tradenames which are asserted and/or registered by their",
+    "owners. ETSI claims no ownership of these except for any which are indicated as being the property of ETSI,",
+    "and conveys no right to use or reproduce any trademark and/or tradename. Mention of those trademarks in the",
+    "present document does not constitute an endorsement by ETSI of products, services or organizations",
+    "associated with those trademarks.", "",
+]  # fmt: skip
+ETSI_FOREWORD = (
+    "This Technical Specification (TS) has been produced by ETSI Technical Committee Cyber Security (CYBER)."
+)
+ETSI_MODAL = [
+    "Modal verbs terminology", "",
+    "In the present document \"shall\", \"shall not\", \"should\", \"should not\", \"may\", \"need not\", \"will\",",
+    "\"will not\", \"can\" and \"cannot\" are to be interpreted as described in clause 3.2 of the ETSI Drafting Rules",
+    "(Verbal forms for the expression of provisions).", "",
+    "\"must\" and \"must not\" are NOT allowed in ETSI deliverables except when used in direct citation.", "",
+]  # fmt: skip
+ETSI_HISTORY = [("V1.1.1", "February 2019", "Publication"), ("V2.0.0", "May 2020", "EN Approval Procedure"),
+                ("V2.1.1", "June 2020", "Publication")]  # fmt: skip
+
+
+def build_etsi(folder: Path, seed: int = 11) -> BuiltPdf:
+    """An ETSI deliverable: the legal page (address, registration, notices, copyright, trademarks), the IPR and
+    trademark notices and modal-verbs text around a real foreword, body clauses, and the closing "History" page of
+    version rows, under ETSI's running head and page numbers. Only the foreword and the clauses are content."""
+    rng = random.Random(seed)
+    paras = paragraphs(rng, 14)
+    doc = pymupdf.open()
+
+    def decorate(page: pymupdf.Page, number: int) -> None:
+        page.insert_text((MARGIN, 45), ETSI_HEAD, fontname="hebo", fontsize=9)
+        page.insert_text((PAGE_W / 2 - 10, PAGE_H - 40), "ETSI", fontname=FONT, fontsize=9)
+        page.insert_text((PAGE_W - MARGIN - 10, 45), str(number), fontname=FONT, fontsize=9)
+
+    writer = _Pages(doc, decorate)
+    font = pymupdf.Font("helv")  # a TextWriter font maps \u2122 and \u00ae, as ETSI's PDFs do; insert_text loses them
+    page = writer.new_page()
+    for i, line in enumerate(ETSI_LEGAL_PAGE):  # one page, as ETSI prints it
+        if line:
+            text = pymupdf.TextWriter(page.rect)
+            text.append((MARGIN, MARGIN + 11 * i), line, font=font, fontsize=9)
+            text.write_text(page)
+    writer.page = None
+    for line in ETSI_IPR:
+        writer.line(line)
+    writer.line("Foreword", font="hebo")
+    writer.line("")
+    writer.line(ETSI_FOREWORD)
+    writer.line("")
+    for line in ETSI_MODAL:
+        writer.line(line)
+    writer.line("Introduction", font="hebo")
+    writer.line("")
+    for para in paras:
+        writer.paragraph(para)
+    writer.page = None
+    writer.line("History", font="hebo", fontsize=12)
+    writer.line("")
+    writer.line("Document history", font="hebo")
+    for version, date, status in ETSI_HISTORY:
+        writer.y += 6
+        writer.line(version)
+        writer.page.insert_text((MARGIN + 90, writer.y), date, fontname=FONT, fontsize=FONTSIZE)
+        writer.page.insert_text((MARGIN + 220, writer.y), status, fontname=FONT, fontsize=FONTSIZE)
+    path = folder / "etsi.pdf"
+    pages = _save(doc, path)
+    furniture = [
+        ETSI_HEAD, "RTS/CYBER-0050", "Route des Lucioles", "Siret", "Sous-Pr\u00e9fecture", "Important notice",
+        "can be downloaded from", "made available in electronic versions", "should be aware",
+        "If you find errors", "Copyright Notification", "No part may be reproduced", "foregoing restriction",
+        "\u00a9 ETSI", "trademarks of ETSI", "GSM Association", "Intellectual Property Rights", "Essential patents",
+        "IPRs essential", "Pursuant to the ETSI IPR Policy", "may include trademarks", "Modal verbs terminology",
+        "ETSI Drafting Rules", "NOT allowed in ETSI deliverables", "Document history", "V1.1.1", "EN Approval",
+    ]  # fmt: skip
+    body = "\n\n".join(["Foreword", ETSI_FOREWORD, "Introduction", *paras])
+    return BuiltPdf("etsi", path, body, furniture, pages=pages)
+
+
 BUILDERS: dict[str, Callable[[Path], BuiltPdf]] = {
     "running_heads": build_running_heads,
     "columns2": lambda folder: build_columns(folder, 2),
@@ -446,6 +565,7 @@ BUILDERS: dict[str, Callable[[Path], BuiltPdf]] = {
     "scan": build_scan,
     "no_unicode_map": build_no_unicode_map,
     "junk_text": build_junk_text,
+    "etsi": build_etsi,
 }
 
 

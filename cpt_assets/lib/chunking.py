@@ -39,7 +39,7 @@ from cpt_assets.lib.types import Chunk, DroppedChunk, Page
 
 log = logging.getLogger(__name__)
 
-CHUNKER_VERSION = "2"  # bump when cleaning or chunking rules change, so incremental refresh redoes every document
+CHUNKER_VERSION = "3"  # bump when cleaning or chunking rules change, so incremental refresh redoes every document
 
 # Abbreviations of standards and government text that Punkt may see too rarely to learn (lowercase, no final
 # period, as Punkt stores them). Words that often end sentences ("app", "art", "spec", "max") are left out.

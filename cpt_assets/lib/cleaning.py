@@ -70,6 +70,7 @@ class CleaningConfig:
     toc_page_share: float = 0.5  # a page whose non-empty lines are at least this share TOC entries is dropped
     toc_page_share_with_heading: float = 0.25  # the same under a "Contents"/"List of Figures" heading
     boilerplate_page_share: float = 0.7  # a page whose text is at least this share legal boilerplate is dropped
+    boilerplate_page_keeps_prose: int = 300  # ...unless another paragraph of this many characters is on it
     repeated_anywhere_share: float = 0.5  # a line (anywhere on the page, up to digits) on this share of pages is
     # furniture: print slugs ("VerDate Sep<11>2014 16:21 Aug 05, 2020 Jkt 250001") that content order puts mid-page
     repeated_anywhere_min_chars: int = 20  # ...when its normalised form is at least this long
@@ -97,6 +98,10 @@ class CleaningConfig:
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"CleaningConfig.{name} must be in (0, 1], got {value}")
+        if self.boilerplate_page_keeps_prose < 1:
+            raise ValueError(
+                f"CleaningConfig.boilerplate_page_keeps_prose must be >= 1, got {self.boilerplate_page_keeps_prose}"
+            )
         if not 0.0 < self.wide_line_share <= 1.0:
             raise ValueError(f"CleaningConfig.wide_line_share must be in (0, 1], got {self.wide_line_share}")
 
@@ -300,11 +305,13 @@ def furniture_key(line: str) -> str:
 
 # ---- boilerplate ------------------------------------------------------------------------------------------------
 
-# Phrases that only occur in publisher boilerplate (NIST front matter, IETF status/copyright/IPR sections).
+# Phrases that only occur in publisher boilerplate (NIST front matter, IETF status/copyright/IPR sections, ETSI's
+# legal page, IPR, trademark and modal-verbs notices). Anchored ones are headings: the whole paragraph.
 BOILERPLATE_PATTERNS: tuple[str, ...] = (
     r"reports on computer systems technology",
     r"the information technology laboratory \(itl\) at the national institute of standards and technology",
     r"certain commercial entities, equipment, or materials may be identified",
+    r"such identification is not intended to imply recommendation or endorsement by (?:the )?national institute",
     r"this publication is available free of charge from",
     r"nothing in this publication should be taken to contradict",
     r"this publication has been developed by nist (?:in accordance with|to further) its statutory",
@@ -330,6 +337,8 @@ BOILERPLATE_PATTERNS: tuple[str, ...] = (
     r"information about the current status of this document, any errata",
     r"distribution of this memo is unlimited",
     r"this document is subject to bcp 78",
+    r"this document is subject to the rights, licenses and restrictions contained in bcp 78",
+    r"copies of ipr disclosures made to the ietf secretariat",
     r"copyright \(c\) (?:\d{4}(?:-\d{4})? )?(?:the )?(?:ietf trust|internet society)",
     r"this document may contain material from ietf documents or ietf contributions",
     r"this document and translations of it may be copied and furnished to others",
@@ -340,9 +349,37 @@ BOILERPLATE_PATTERNS: tuple[str, ...] = (
     r"funding for the rfc editor function is",
     r"this internet-draft is submitted in full conformance",
     r"internet-drafts are working documents of the internet engineering task force",
+    # ETSI: the legal page (address, French registration, notices, copyright, trademarks), IPR and modal verbs
+    r"650 route des lucioles",
+    r"\bsiret n\S{0,2} ?\d{3} ?\d{3} ?\d{3}",
+    r"association \u00e0 but non lucratif",
+    r"sous-pr\u00e9fecture de grasse",
+    r"^important notice$",
+    r"the present document can be downloaded from",
+    r"the present document may be made available in electronic versions",
+    r"users of the present document should be aware that the document may be subject to revision",
+    r"if you find errors in the present document, please send your comment",
+    r"^copyright notification$",
+    r"no part may be reproduced or utili[sz]ed in any form or by any means",
+    r"the copyright and the foregoing restriction extend to reproduction",
+    r"^\u00a9 etsi \d{4}",
+    r"trademarks? of etsi registered for the benefit of its members",
+    r"trademarks? registered and owned by the gsm association",
+    r"^intellectual property rights$",
+    r"^essential patents$",
+    r"iprs essential or potentially essential to normative deliverables",
+    r"pursuant to the etsi ipr policy, no investigation",
+    r"^trademarks$",
+    r"^all (?:registered )?trademarks(?: or trademarks)? (?:belong to|are the property of) their respective",
+    r"the present document may include trademarks and/or tradenames",
+    r"^modal verbs terminology$",
+    r"are to be interpreted as described in clause \d+(?:\.\d+)* of the etsi drafting rules",
+    r"\"must\" and \"must not\" are not allowed in etsi deliverables",
 )
 # Matched against lowercased text: case-insensitive alternations are several times slower in `re`.
 _BOILERPLATE_RE = re.compile("|".join(f"(?:{p})" for p in BOILERPLATE_PATTERNS))
+# The headings among them (anchored at both ends): a line of its own, whatever the re-flow rules say.
+_BOILERPLATE_HEADING_RE = re.compile("|".join(f"(?:{p})" for p in BOILERPLATE_PATTERNS if p[0] == "^" and p[-1] == "$"))
 # The same phrases without anchors: one search per page finds the pages worth checking paragraph by paragraph.
 _BOILERPLATE_ANY_RE = re.compile("|".join(f"(?:{p.strip('^$')})" for p in BOILERPLATE_PATTERNS))
 
@@ -880,35 +917,46 @@ def _index_page(nonempty: list[str], config: CleaningConfig) -> bool:
     return entries >= config.index_page_share * len(nonempty)
 
 
-def _page_verdict(lines: list[str], config: CleaningConfig, removed: dict[str, int], width: float) -> list[str] | str:
-    """The page's lines after TOC-entry and boilerplate removal, or the reason to drop the whole page."""
-    nonempty = [line for line in lines if line.strip()]
-    if not nonempty:
-        return []
-    if _structural_toc(nonempty, config):
-        return "toc"
-    if _index_page(nonempty, config):
-        return "index"
-    toc_flags = [not is_toc_line(line)[0] for line in lines]
-    n_toc = sum(toc_flags)
-    if n_toc:
-        has_heading = any(_TOC_HEADING_RE.match(line) for line in nonempty[:6])
-        share = n_toc / len(nonempty)
-        if share >= config.toc_page_share or (has_heading and share >= config.toc_page_share_with_heading):
-            return "toc"
-    # Boilerplate paragraphs; a page mostly made of them goes whole. Paragraphs end at blank lines and where the
-    # re-flow rules would end one, since content-order text has few blank lines.
+_HISTORY_HEADING_RE = re.compile(r"^\s*(?:document|change|revision)?\s*history\s*$", re.IGNORECASE)
+_VERSION_ROW_RE = re.compile(r"^\|?\s*V?\d{1,2}\.\d{1,2}\.\d{1,2}(?![\w.])")  # a row (or cell) opens with it
+_YEAR_RE = re.compile(r"(?<!\d)(?:19|20)\d{2}(?!\d)")
+
+
+def _history_page(nonempty: list[str]) -> bool:
+    """A document-history page (ETSI's last page): a "History" heading over rows of version, date and status.
+
+    Rows may come as one line ("V1.1.1 | February 2019 | Publication") or a line per cell; either way the page is
+    the heading, version numbers and dates, and no prose.
+    """
+    if not any(_HISTORY_HEADING_RE.match(line) for line in nonempty[:4]):
+        return False
+    rest = [line.strip() for line in nonempty if not _HISTORY_HEADING_RE.match(line)]
+    versions = sum(1 for line in rest if _VERSION_ROW_RE.match(line))
+    dated = sum(1 for line in rest if _YEAR_RE.search(line))
+    prose = sum(1 for line in rest if len(line) > 90 and not _VERSION_ROW_RE.match(line))
+    return versions >= 1 and dated >= 1 and prose == 0 and versions + dated >= 0.5 * len(rest)
+
+
+def _paragraphs(lines: list[str], wide: float) -> list[list[int]]:
+    """A page's paragraphs as line indices, for boilerplate detection.
+
+    They end at blank lines and where the re-flow rules would end one, since content-order text has few blank
+    lines; a boilerplate heading ("Trademarks", "Copyright Notification") stands alone, as the re-flow rules would
+    otherwise glue it to the end of the paragraph before.
+    """
     paragraphs: list[list[int]] = []
     current: list[int] = []
     prev: _Line | None = None
-    wide = config.wide_line_share * width
     for i, line in enumerate(lines):
         stripped = line.strip()
-        if not stripped:
+        heading = bool(stripped) and _BOILERPLATE_HEADING_RE.search(_SPACES_RE.sub(" ", stripped).lower()) is not None
+        if not stripped or heading:
             prev = None
             if current:
                 paragraphs.append(current)
                 current = []
+            if heading:
+                paragraphs.append([i])
             continue
         this = _Line(stripped, len(line) - len(line.lstrip(" ")), False)
         if current and prev is not None and not _continues(prev, this, wide):
@@ -918,17 +966,48 @@ def _page_verdict(lines: list[str], config: CleaningConfig, removed: dict[str, i
         prev = this
     if current:
         paragraphs.append(current)
+    return paragraphs
+
+
+def _page_verdict(lines: list[str], config: CleaningConfig, removed: dict[str, int], width: float) -> list[str] | str:
+    """The page's lines after TOC-entry and boilerplate removal, or the reason to drop the whole page."""
+    nonempty = [line for line in lines if line.strip()]
+    if not nonempty:
+        return []
+    if _structural_toc(nonempty, config):
+        return "toc"
+    if _index_page(nonempty, config):
+        return "index"
+    if _history_page(nonempty):
+        return "document_history"
+    toc_flags = [not is_toc_line(line)[0] for line in lines]
+    n_toc = sum(toc_flags)
+    if n_toc:
+        has_heading = any(_TOC_HEADING_RE.match(line) for line in nonempty[:6])
+        share = n_toc / len(nonempty)
+        if share >= config.toc_page_share or (has_heading and share >= config.toc_page_share_with_heading):
+            return "toc"
+    # Boilerplate paragraphs; a page mostly made of them goes whole.
     drop: set[int] = set()
     boiler_chars = 0
-    page_text = _SPACES_RE.sub(" ", " ".join(nonempty)).lower()
-    for paragraph in paragraphs if _BOILERPLATE_ANY_RE.search(page_text) else ():
-        text = "\n".join(lines[i].strip() for i in paragraph)
-        if not is_boilerplate(text)[0]:
-            drop.update(paragraph)
-            boiler_chars += len(text)
+    paragraphs: list[list[int]] = []
+    if _BOILERPLATE_ANY_RE.search(_SPACES_RE.sub(" ", " ".join(nonempty)).lower()):
+        paragraphs = _paragraphs(lines, config.wide_line_share * width)
+        for paragraph in paragraphs:
+            text = "\n".join(lines[i].strip() for i in paragraph)
+            if not is_boilerplate(text)[0]:
+                drop.update(paragraph)
+                boiler_chars += len(text)
     total_chars = sum(len(line.strip()) for line in nonempty)
     if drop and boiler_chars >= config.boilerplate_page_share * total_chars:
-        return "boilerplate"
+        # The leftovers of a legal page (address, reference, keywords) go with it; a paragraph of prose does not
+        # (ETSI's foreword and first clause share the page of its IPR and trademark notices).
+        if not any(
+            sum(len(lines[i].strip()) for i in paragraph) >= config.boilerplate_page_keeps_prose
+            for paragraph in paragraphs
+            if not drop.intersection(paragraph)
+        ):
+            return "boilerplate"
     kept = []
     toc_removed = False
     for i, line in enumerate(lines):

@@ -3,7 +3,8 @@
 PDFs are built with pymupdf from known text (`cpt_assets_tests.pdf_builders`), one layout feature each: running
 heads, roman and arabic page numbers, print slugs, two and three columns, a German TOC, a back-of-book index, ASN.1
 and ABNF blocks (in a proportional and a monospace document), a ruled table, hyphenated line ends and en-dash breaks,
-a page with no text layer, an image-only scan, a font without a Unicode map and a junk text layer. Per feature it
+a page with no text layer, an image-only scan, a font without a Unicode map, a junk text layer, and an ETSI
+deliverable (legal page, IPR, trademark and modal-verbs notices, document history page). Per feature it
 prints word and bigram F1 of the cleaned text against the known text, furniture strings left, blocks intact (line
 breaks kept, relative indentation kept, inside one chunk), table rows kept on one line, and the extraction verdict.
 

@@ -186,6 +186,15 @@ def test_furniture_key(a: str, b: str, same: bool) -> None:
             False,
         ),
         ("Comments on this publication may be submitted to:", False),
+        ("Siret N\u00b0 348 623 562 00017 - APE 7112B", False),
+        ("Copyright Notification", False),
+        ("No part may be reproduced or utilized in any form or by any means, electronic or mechanical,", False),
+        ("\u00a9 ETSI 2020.\nAll rights reserved.", False),
+        ("GSM\u00ae and the GSM logo are trademarks registered and owned by the GSM Association.", False),
+        ("Pursuant to the ETSI IPR Policy, no investigation, including IPR searches, has been carried out", False),
+        ("Modal verbs terminology", False),
+        ("The terminal shall support the copyright notification procedure of clause 5.", True),
+        ("Trademarks registered by the operator are listed in the directory.", True),
         ("The server MUST abort the handshake with an illegal_parameter alert.", True),
         ("This document specifies version 1.3 of the Transport Layer Security (TLS) protocol.", True),
         ("The status of this key is recorded in the memo field.", True),
@@ -231,6 +240,7 @@ def test_quality_filter_stop_words_when_enabled() -> None:
         ({"repeated_line_min_pages": 1}, "repeated_line_min_pages must be >= 2, got 1"),
         ({"repeated_line_min_pages": 5, "repeated_line_max_pages": 4}, "repeated_line_max_pages must be >= "),
         ({"toc_page_share": 0.0}, "toc_page_share must be in (0, 1], got 0.0"),
+        ({"boilerplate_page_keeps_prose": 0}, "boilerplate_page_keeps_prose must be >= 1, got 0"),
     ],
 )
 def test_cleaning_config_validation(kwargs: dict, message: str) -> None:
@@ -366,6 +376,81 @@ def test_boilerplate_page_dropped_and_paragraph_removed() -> None:
     assert "This publication explains container security" in result.text
 
 
+def test_mostly_boilerplate_page_keeps_its_prose() -> None:
+    """A legal page goes whole; one that also holds a clause of prose loses only its notices (ETSI's IPR page)."""
+    notices = (
+        "Intellectual Property Rights\n\nEssential patents\n\n"
+        "IPRs essential or potentially essential to normative deliverables may have been declared to ETSI. The\n"
+        "information pertaining to these essential IPRs, if any, is publicly available for ETSI members.\n\n"
+        "Pursuant to the ETSI IPR Policy, no investigation, including IPR searches, has been carried out by ETSI.\n"
+        "No guarantee can be given as to the existence of other IPRs not referenced in ETSI SR 000 314.\n\n"
+        "Trademarks\n\n"
+        "The present document may include trademarks and/or tradenames which are asserted and/or registered by\n"
+        "their owners. ETSI claims no ownership of these except for any which are indicated as being the property\n"
+        "of ETSI, and conveys no right to use or reproduce any trademark and/or tradename.\n\nKeywords IoT\n"
+    )
+    assert clean_document([notices]).dropped_pages == {"boilerplate": 1}
+    clause = " ".join([PROSE] * 2)
+    result = clean_document([notices + "\nIntroduction\n\n" + clause + "\n"])
+    assert result.dropped_pages == {}
+    assert clause in result.text and "Introduction" in result.text
+    assert "IPR" not in result.text and "Trademarks" not in result.text and "tradenames" not in result.text
+
+
+def test_boilerplate_heading_is_not_glued_to_the_paragraph_before() -> None:
+    """Re-flow would join a short line after a full one ("...the present document." + "Trademarks"); a boilerplate
+    heading stands alone, so the heading goes and the paragraph before it stays."""
+    wide = "The requirements of this clause apply to every device class listed in the scope of the present document,"
+    page = f"{wide}\nwithout exception and in every deployment.\nCopyright Notification\n{wide}\nas stated.\n"
+    result = clean_document([page])
+    assert "Copyright Notification" not in result.text
+    assert result.text.count("The requirements of this clause") == 2
+
+
+HISTORY_ROWS = [
+    "V1.1.1 February 2019 Publication",
+    "V2.0.0 May 2020 EN Approval Procedure",
+    "V2.1.1 June 2020 Publication",
+]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["History", "Document history", *HISTORY_ROWS],
+        ["Document history", "| V1.1.1 | February 2019 | Publication |", "| V1.2.1 | 2021-03 | Publication |"],
+        ["History", "V1.1.1", "February 2019", "Publication", "V2.1.1", "June 2020", "Publication"],  # a line a cell
+    ],
+)
+def test_document_history_page_dropped(lines: list[str]) -> None:
+    result = clean_document([PROSE, "\n".join(lines)])
+    assert result.dropped_pages == {"document_history": 1}
+    assert "V1.1.1" not in result.text and PROSE in result.text
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [  # a clause called History, in prose; version rows without the heading
+        ["History", "The protocol was first published in 2019 as version 1.1.1 and revised twice since then by the "
+         "working group, which moved the registry to IANA in 2021 after a long discussion of the alternatives."],
+        ["Releases", *HISTORY_ROWS],
+        ["History", "Version 2 of the protocol added session resumption in 2020."],
+    ],
+)  # fmt: skip
+def test_history_without_version_rows_is_kept(lines: list[str]) -> None:
+    result = clean_document(["\n".join(lines)])
+    assert result.dropped_pages == {}
+    assert lines[1].split()[0] in result.text
+
+
+def test_etsi_front_matter_and_history_removed(built_text) -> None:
+    from cpt_assets_tests.pdf_builders import ETSI_FOREWORD, furniture_left
+
+    built, text = built_text["etsi"]
+    assert furniture_left(text, built) == 0
+    assert text.startswith("Foreword\n\n" + ETSI_FOREWORD)
+
+
 def test_draft_line_numbers_removed() -> None:
     lines = [f"{100 + i}\nLine {i} of the draft text continues the discussion of threat models here" for i in range(30)]
     result = clean_document(["\n".join(lines)])
@@ -471,7 +556,8 @@ def built_text(tmp_path_factory):
 @pytest.mark.parametrize(
     ("feature", "min_f1"),
     [("running_heads", 0.99), ("columns2", 0.99), ("columns3", 0.99), ("toc", 0.99), ("index", 0.99),
-     ("code", 0.99), ("code_mono", 0.99), ("table", 0.99), ("hyphenation", 0.99), ("no_text_page", 0.99)],
+     ("code", 0.99), ("code_mono", 0.99), ("table", 0.99), ("hyphenation", 0.99), ("no_text_page", 0.99),
+     ("etsi", 0.99)],
 )  # fmt: skip
 def test_generated_features_recover_the_known_text(built_text, feature, min_f1):
     from cpt_assets_tests.pdf_builders import bigram_f1, furniture_left, word_f1
