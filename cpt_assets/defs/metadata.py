@@ -181,6 +181,26 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], width
     return header + body
 
 
+def outcome_result(
+    name: str,
+    outcome: tuple[bool, str, dict],
+    partition: str | None = None,
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
+) -> dg.AssetCheckResult:
+    """An AssetCheckResult from a pure check function's (passed, description, details), naming its partition.
+
+    Details that are dicts of numbers become one plottable entry per key (`train_share`, `train_target`).
+    """
+    passed, description, details = outcome
+    metadata: dict = {}
+    for key, value in details.items():
+        if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+            metadata |= {f"{key}_{sub}": v for sub, v in value.items()}
+        else:
+            metadata[key] = value if isinstance(value, (int, float, dg.MetadataValue)) else text(value)
+    return check_result(name, passed, description, partition=partition, metadata=metadata, severity=severity)
+
+
 def check_result(
     name: str,
     passed: bool,

@@ -40,3 +40,9 @@ class SourcesResource(dg.ConfigurableResource):
         if self.mirror:
             registry = dataclasses.replace(registry, mirror=Path(self.mirror))
         return registry
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    """The code location's resources (the defs-folder loader collects this with the assets)."""
+    return dg.Definitions(resources={"lake": LakeResource(), "sources": SourcesResource()})

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from cpt_assets.lib.types import Chunk, Page, PageFailure, RawDocument
-
-CheckOutcome = tuple[bool, str, dict]
+from cpt_assets.lib.types import CheckOutcome, Chunk, Page, PageFailure, RawDocument
 
 
 def unreadable_documents(manifest: Iterable[RawDocument]) -> CheckOutcome:
@@ -65,3 +63,10 @@ def documents_with_useful_text(documents: Iterable[tuple[str, str, str]]) -> Che
     if bad:
         return False, f"{len(bad)} document(s) yielded no useful text", {"documents": bad, "partial": partial}
     return True, "every document yielded useful text", {"partial": partial} if partial else {}
+
+
+def sources_included(missing: dict[str, str]) -> CheckOutcome:
+    """Every registered source is in the splits; `missing`: source -> why its chunks were left out."""
+    if missing:
+        return False, f"missing: {', '.join(missing)}", {"missing": missing}
+    return True, "every source", {}

@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+# What a pure check function returns: (passed, description, details for the check's metadata).
+CheckOutcome = tuple[bool, str, dict[str, Any]]
+
 SourceKind = Literal["pdf_folder", "url_list"]
 DocStatus = Literal["ok", "failed"]
 

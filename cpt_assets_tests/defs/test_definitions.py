@@ -44,6 +44,42 @@ def test_definitions_load_with_the_whole_graph_in_order():
         assert {p.to_user_string() for p in graph.get(dg.AssetKey(asset)).parent_keys} == parents
 
 
+def test_every_definition_in_the_defs_folder_is_loaded():
+    """Definitions come from the defs folder, not a hand-kept list: whatever a module under cpt_assets/defs defines
+    (asset, job, schedule, sensor) is in the code location, with the resources of defs/resources.py."""
+    import importlib
+    import pkgutil
+
+    import cpt_assets.defs
+
+    found: dict[str, set[str]] = {"assets": set(), "jobs": set(), "schedules": set(), "sensors": set()}
+    for module_info in pkgutil.walk_packages(cpt_assets.defs.__path__, "cpt_assets.defs."):
+        for value in vars(importlib.import_module(module_info.name)).values():
+            if isinstance(value, dg.AssetsDefinition):
+                found["assets"] |= {key.to_user_string() for key in value.keys}
+            elif isinstance(value, dg.ScheduleDefinition):
+                found["schedules"].add(value.name)
+            elif isinstance(value, dg.SensorDefinition):
+                found["sensors"].add(value.name)
+            elif hasattr(value, "name") and type(value).__name__ == "UnresolvedAssetJobDefinition":
+                found["jobs"].add(value.name)
+    assert found["assets"] == set(GRAPH)
+    repository = defs.get_repository_def()
+    assert (
+        {job.name for job in repository.get_all_jobs()}
+        >= found["jobs"]
+        == {
+            "corpus_job",
+            "splits_job",
+            "model_job",
+            "corpus_refresh_job",
+        }
+    )
+    assert {s.name for s in repository.schedule_defs} == found["schedules"] == {"corpus_refresh_schedule"}
+    assert {s.name for s in repository.sensor_defs} == found["sensors"] == {"corpus_automation", "model_automation"}
+    assert set(repository.get_top_level_resources()) == {"lake", "sources"}
+
+
 def test_gpu_steps_run_in_the_gpu_pool_with_no_import_time_device():
     for asset in ("lora_adapter", "eval_report"):
         node = defs.resolve_assets_def(asset).node_def
@@ -61,6 +97,35 @@ def test_leakage_check_blocks_and_chunker_is_versioned():
     assert not specs["split_ratios_within_tolerance"].blocking
     chunks = defs.resolve_assets_def("clean_chunks")
     assert chunks.code_versions_by_key[dg.AssetKey("clean_chunks")] == f"chunker-{CHUNKER_VERSION}"
+
+
+def test_each_areas_checks_module_declares_its_checks_with_descriptions():
+    """An asset's checks are the specs of its area's checks.py, each explained, the deciding ones blocking."""
+    from cpt_assets.defs.corpus import checks as corpus
+    from cpt_assets.defs.evaluation import checks as evaluation
+    from cpt_assets.defs.export import checks as export
+    from cpt_assets.defs.registry import checks as registry
+    from cpt_assets.defs.training import checks as training
+
+    declared = {
+        "raw_pdfs": corpus.RAW_PDFS_CHECKS,
+        "page_text": corpus.PAGE_TEXT_CHECKS,
+        "clean_chunks": corpus.CLEAN_CHUNKS_CHECKS,
+        "corpus_splits": corpus.SPLITS_CHECKS,
+        "lora_adapter": training.ADAPTER_CHECKS,
+        "eval_report": evaluation.EVAL_CHECKS,
+        "merged_model": export.MERGE_CHECKS,
+        "gguf_model": export.GGUF_CHECKS,
+        "model_version": registry.GATE_CHECKS,
+    }
+    all_checks = {key.asset_key.to_user_string() for key in defs.resolve_asset_graph().asset_check_keys}
+    assert all_checks == set(declared)  # no asset declares checks outside its area's module
+    for asset, specs in declared.items():
+        assert {spec.name for spec in defs.resolve_assets_def(asset).check_specs} == {spec.name for spec in specs}
+        assert all(spec.description for spec in specs), asset
+    assert all(spec.blocking for spec in registry.GATE_CHECKS)
+    blocking = {spec.name for specs in declared.values() for spec in specs if spec.blocking}
+    assert blocking == {"source_has_documents", "no_document_in_two_splits", *registry.GATE_CHECK_DESCRIPTIONS}
 
 
 def test_launchpad_config_is_nested_described_and_offers_choices():

@@ -10,6 +10,7 @@ from cpt_assets.defs.metadata import (
     format_seconds,
     megabytes,
     numbers,
+    outcome_result,
     short_hash,
     sig,
     table,
@@ -84,3 +85,15 @@ def test_check_result_names_its_partition_and_rounds_metadata():
     assert result.metadata["partition"].value == "src"
     assert result.metadata["ratio"].value == 0.1235
     assert result.metadata["empty"].value == "-"
+
+
+def test_outcome_result_flattens_number_dicts_and_keeps_the_verdict():
+    """A pure check's (passed, description, details) as a check result: dicts of numbers become plottable entries
+    (`train_share`), other values display text, and the partition is named."""
+    details = {"train": {"share": 0.712345, "target": 0.7}, "documents": {"s/a": "encrypted"}, "tokens": 42}
+    result = outcome_result("split_ratios", (False, "train off target", details), "nist", dg.AssetCheckSeverity.WARN)
+    assert result.passed is False and result.severity == dg.AssetCheckSeverity.WARN
+    assert result.description == "[nist] train off target"
+    assert result.metadata["train_share"].value == 0.7123 and result.metadata["train_target"].value == 0.7
+    assert result.metadata["documents"].value == "s/a: encrypted"
+    assert result.metadata["tokens"].value == 42

@@ -70,3 +70,12 @@ def test_documents_with_useful_text(documents, passed, bad):
     assert sorted(details.get("documents", {})) == bad
     if not passed:
         assert "no useful text" in description
+
+
+def test_sources_included_names_the_missing_sources_and_why():
+    from cpt_assets.lib.corpus_checks import sources_included
+
+    assert sources_included({}) == (True, "every source", {})
+    passed, description, details = sources_included({"ietf": "no clean_chunks materialisation"})
+    assert not passed and description == "missing: ietf"
+    assert details == {"missing": {"ietf": "no clean_chunks materialisation"}}

@@ -13,8 +13,15 @@ import dagster as dg
 import pydantic
 
 from cpt_assets.defs.config import config_class, to_dataclass
+from cpt_assets.defs.corpus.checks import (
+    CLEAN_CHUNKS_CHECKS,
+    PAGE_TEXT_CHECKS,
+    RAW_PDFS_CHECKS,
+    clean_chunks_results,
+    page_text_results,
+    raw_pdfs_results,
+)
 from cpt_assets.defs.metadata import (
-    check_result,
     counts_table,
     format_bytes,
     megabytes,
@@ -35,13 +42,6 @@ from cpt_assets.lib.chunk_refresh import (
     write_state,
 )
 from cpt_assets.lib.chunking import CHUNKER_VERSION, ChunkingConfig
-from cpt_assets.lib.corpus_checks import (
-    documents_accounted_for,
-    documents_with_useful_text,
-    duplicate_chunks,
-    empty_chunks,
-    unreadable_documents,
-)
 from cpt_assets.lib.lake import write_records
 from cpt_assets.lib.pdf import extract_source
 from cpt_assets.lib.sources import MirrorIndex, documents_found, fetch_documents, list_documents
@@ -52,23 +52,6 @@ FOLLOW_UPSTREAM = dg.AutomationCondition.eager()
 # The chunk preview samples across documents: a few chunks from each of the first documents, text cut short.
 PREVIEW_DOCUMENTS, PREVIEW_PER_DOCUMENT, PREVIEW_CHARS = 10, 2, 48
 MANIFEST_COLUMNS = ["name", "status", "pages", "size", "sha256"]  # origin, title, errors: parquet, failures table
-
-
-def corpus_check(
-    name: str,
-    outcome: tuple[bool, str, dict],
-    partition: str | None = None,
-    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
-) -> dg.AssetCheckResult:
-    """An AssetCheckResult from a pure check function's (passed, description, details), naming its partition."""
-    passed, description, details = outcome
-    metadata: dict = {}
-    for key, value in details.items():
-        if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
-            metadata |= {f"{key}_{sub}": v for sub, v in value.items()}  # e.g. train_share, train_target: plottable
-        else:
-            metadata[key] = value if isinstance(value, (int, float)) else text(value)
-    return check_result(name, passed, description, partition=partition, metadata=metadata, severity=severity)
 
 
 def preview_chunks(chunks: list[Chunk]) -> list[Chunk]:
@@ -95,17 +78,7 @@ def chunks_version(chunks: list[Chunk]) -> dg.DataVersion:
     partitions_def=source_partitions,
     group_name="corpus",
     kinds={"pdf", "parquet"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            "all_pdfs_readable",
-            asset="raw_pdfs",
-            description="every PDF of this source was fetched and opens (a warning: failures stay as manifest rows)",
-        ),
-        # blocking: an empty source stops its run here, red, instead of failing page_text on an empty manifest
-        dg.AssetCheckSpec(
-            "source_has_documents", asset="raw_pdfs", blocking=True, description="the source lists at least one PDF"
-        ),
-    ],
+    check_specs=RAW_PDFS_CHECKS,
     description="The source's PDFs, fetched (mirror by sha256, then download with resume) and stored under "
     "data_lake/raw/source=NAME/, with a manifest row per document (failures included, with their reason).",
 )
@@ -162,12 +135,7 @@ def raw_pdfs(context: dg.AssetExecutionContext, lake: LakeResource, sources: Sou
             "path": dg.MetadataValue.path(str(lk.manifest_path(source.name))),
         },
         data_version=content_version([r.sha256 or "" for r in result.rows if r.status == "ok"]),
-        check_results=[
-            corpus_check(
-                "all_pdfs_readable", unreadable_documents(result.rows), source.name, dg.AssetCheckSeverity.WARN
-            ),
-            corpus_check("source_has_documents", documents_found(source, refs), source.name),
-        ],
+        check_results=raw_pdfs_results(source, refs, result.rows),
     )
 
 
@@ -177,18 +145,7 @@ def raw_pdfs(context: dg.AssetExecutionContext, lake: LakeResource, sources: Sou
     group_name="corpus",
     kinds={"pymupdf", "parquet"},
     automation_condition=FOLLOW_UPSTREAM,
-    check_specs=[
-        dg.AssetCheckSpec(
-            "every_pdf_extracted_or_explained",
-            asset="page_text",
-            description="every document has page text or a failure row with its reason",
-        ),
-        dg.AssetCheckSpec(
-            "every_pdf_yields_useful_text",
-            asset="page_text",
-            description="no fetched document's extraction verdict is no_text or unreadable",
-        ),
-    ],
+    check_specs=PAGE_TEXT_CHECKS,
     description="Text of every page in reading order (pymupdf; OCR for image-only scans when the source enables "
     "it). Unreadable documents are rows of failures.parquet with their reason. Unchanged PDFs are reused.",
 )
@@ -252,20 +209,13 @@ def page_text(context: dg.AssetExecutionContext, lake: LakeResource, sources: So
             "path": dg.MetadataValue.path(str(lk.pages_path(source.name))),
         },
         data_version=content_version(list({f"{p.doc_id}:{p.doc_sha256}" for p in result.pages})),
-        check_results=[
-            corpus_check(
-                "every_pdf_extracted_or_explained",
-                documents_accounted_for(manifest, result.pages, result.failures),
-                source.name,
-            ),
-            corpus_check(
-                "every_pdf_yields_useful_text",
-                documents_with_useful_text(
-                    (d.doc_id, d.verdict, d.reason) for d in result.documents if d.doc_id in fetched
-                ),
-                source.name,
-            ),
-        ],
+        check_results=page_text_results(
+            source.name,
+            manifest,
+            result.pages,
+            result.failures,
+            ((d.doc_id, d.verdict, d.reason) for d in result.documents if d.doc_id in fetched),
+        ),
     )
 
 
@@ -282,18 +232,7 @@ class CleanChunksConfig(config_class(ChunkingConfig, "ChunkingRunConfig")):
     group_name="corpus",
     kinds={"nltk", "parquet", "duckdb"},
     automation_condition=FOLLOW_UPSTREAM,
-    check_specs=[
-        dg.AssetCheckSpec(
-            "no_empty_chunks",
-            asset="clean_chunks",
-            description="no chunk of this source is empty or has zero tokens after cleaning",
-        ),
-        dg.AssetCheckSpec(
-            "no_duplicate_chunks",
-            asset="clean_chunks",
-            description="no chunk text occurs twice in this source (exact duplicates are dropped before training)",
-        ),
-    ],
+    check_specs=CLEAN_CHUNKS_CHECKS,
     description="Cleaned text (page furniture, TOCs, boilerplate, dotted leaders, hyphenation removed) cut into "
     "sentence-aware chunks of about target_tokens base-model tokens; exact duplicates dropped, near-duplicates "
     "marked. Only documents whose PDF changed are re-chunked.",
@@ -369,8 +308,5 @@ def clean_chunks(
     return dg.MaterializeResult(
         metadata=metadata,
         data_version=chunks_version(refresh.chunks),
-        check_results=[
-            corpus_check("no_empty_chunks", empty_chunks(refresh.chunks), source),
-            corpus_check("no_duplicate_chunks", duplicate_chunks(refresh.chunks), source),
-        ],
+        check_results=clean_chunks_results(source, refresh.chunks),
     )

@@ -6,7 +6,8 @@ import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from cpt_assets.defs.config import config_class, to_dataclass
-from cpt_assets.defs.corpus.assets import FOLLOW_UPSTREAM, chunks_version, clean_chunks, corpus_check
+from cpt_assets.defs.corpus.assets import FOLLOW_UPSTREAM, chunks_version, clean_chunks
+from cpt_assets.defs.corpus.checks import SPLITS_CHECKS, splits_results
 from cpt_assets.defs.metadata import short_hash, table
 from cpt_assets.defs.resources import LakeResource, SourcesResource
 from cpt_assets.lib.lake import Lake, read_records, write_splits
@@ -14,9 +15,7 @@ from cpt_assets.lib.splits import (
     SPLITS,
     Assignment,
     SplitConfig,
-    leakage_check,
     make_splits,
-    ratio_check,
     ratio_deviation,
 )
 from cpt_assets.lib.types import Chunk
@@ -72,24 +71,7 @@ def chunk_snapshot(instance: dg.DagsterInstance, lk: Lake, registered: list[str]
     pool=SPLITS_POOL,
     kinds={"parquet", "duckdb", "huggingface"},
     automation_condition=FOLLOW_UPSTREAM,
-    check_specs=[
-        # Blocking: a leaked split stops the run before lora_adapter trains on it.
-        dg.AssetCheckSpec(
-            "no_document_in_two_splits",
-            asset="corpus_splits",
-            blocking=True,
-            description="no document has chunks in two splits (blocking: nothing downstream runs on a leaked split)",
-        ),
-        dg.AssetCheckSpec(
-            "split_ratios_within_tolerance",
-            asset="corpus_splits",
-            description="each split's share of tokens is within the configured tolerance of its target ratio "
-            "(passes with a note when there are too few documents to split finer)",
-        ),
-        dg.AssetCheckSpec(
-            "every_source_included", asset="corpus_splits", description="every registered source is in the splits"
-        ),
-    ],
+    check_specs=SPLITS_CHECKS,
     description="Train/validation/test splits assigned per document (70/20/10 of tokens by default), stable as "
     "documents are added; parquet + a datasets DatasetDict under data_lake/splits/, DuckDB catalog over the lake.",
 )
@@ -157,18 +139,7 @@ def corpus_splits(
             "catalog": dg.MetadataValue.path(str(lk.catalog_path)),
         },
         data_version=dg.DataVersion("-".join(result.split_hash(name)[:8] for name in SPLITS)),
-        check_results=[
-            corpus_check("no_document_in_two_splits", leakage_check(result.rows)),
-            corpus_check(
-                "split_ratios_within_tolerance",
-                ratio_check(result.token_share, split_config, len(result.assignments)),
-            ),
-            dg.AssetCheckResult(
-                check_name="every_source_included",
-                passed=not snapshot.missing,
-                severity=dg.AssetCheckSeverity.WARN,
-                description=f"missing: {', '.join(snapshot.missing)}" if snapshot.missing else "every source",
-                metadata={"missing": dg.MetadataValue.json(snapshot.missing)},
-            ),
-        ],
+        check_results=splits_results(
+            result.rows, result.token_share, split_config, len(result.assignments), snapshot.missing
+        ),
     )

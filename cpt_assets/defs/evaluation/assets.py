@@ -7,7 +7,8 @@ import dagster as dg
 from cpt_assets.defs.automation import follow
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.splits import corpus_splits
-from cpt_assets.defs.metadata import check_result, numbers, png_markdown, sig, table, timings_table
+from cpt_assets.defs.evaluation.checks import EVAL_CHECKS, eval_results
+from cpt_assets.defs.metadata import numbers, png_markdown, sig, table, timings_table
 from cpt_assets.defs.registry.control import control_text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
@@ -18,7 +19,6 @@ from cpt_assets.lib.evaluation import (
     adapter_weights_sha256,
     evaluate_models,
     metric_rows,
-    perplexity_improved,
     rich_table,
     write_report,
 )
@@ -60,13 +60,7 @@ def metrics_table(report) -> dg.MetadataValue:
     kinds={"pytorch", "json"},
     pool="gpu",  # scores two models on the accelerator when there is one, like training
     op_tags={"cpt/accelerator": "gpu"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            "adapted_perplexity_below_base",
-            asset="eval_report",
-            description="the adapted model's test perplexity is below the base model's",
-        )
-    ],
+    check_specs=EVAL_CHECKS,
     description="Base vs adapted on the test split: token-weighted loss and perplexity on packed blocks (overall and "
     "per source), general-text perplexity on control_text's held-out part (the forgetting control; model_version "
     "judges it), and BLEU / ROUGE / MiniLM similarity of greedy continuations. report.json, report.md, "
@@ -97,7 +91,6 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
     context.log.info("\n" + rich_table(report))
 
     data = report.to_dict()
-    passed, description = perplexity_improved(report)
     return dg.MaterializeResult(
         metadata={
             **numbers(
@@ -154,14 +147,5 @@ def eval_report(context: dg.AssetExecutionContext, config: EvalRunConfig, lake: 
             "scores_json": dg.MetadataValue.path(str(files.scores_path)),
             "version": version,
         },
-        check_results=[
-            check_result(
-                "adapted_perplexity_below_base",
-                passed,
-                description,
-                metadata=numbers(
-                    {"base_perplexity": report.base.perplexity, "adapted_perplexity": report.adapted.perplexity}
-                ),
-            )
-        ],
+        check_results=eval_results(report),
     )

@@ -13,7 +13,8 @@ import dagster as dg
 from cpt_assets.defs.automation import follow
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.splits import corpus_splits
-from cpt_assets.defs.metadata import check_result, megabytes, numbers, short_hash, sig, table, text
+from cpt_assets.defs.export.checks import GGUF_CHECKS, MERGE_CHECKS, gguf_results, merge_results
+from cpt_assets.defs.metadata import megabytes, numbers, short_hash, sig, table, text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.adapter import lora_adapter
 from cpt_assets.defs.training.base import base_model
@@ -26,8 +27,7 @@ from cpt_assets.lib.gguf_export import (
     export_gguf,
     toolchain_versions,
 )
-from cpt_assets.lib.gguf_fidelity import kld_within, png_markdown
-from cpt_assets.lib.gguf_verify import gguf_loads, perplexity_within, tokenization_matches
+from cpt_assets.lib.gguf_fidelity import png_markdown
 from cpt_assets.lib.lake import SPLIT_NAMES, Lake, content_version, read_scored_blocks, read_split, sha256_file
 from cpt_assets.lib.merge import merge_adapter
 from cpt_assets.lib.splits import split_content_hash
@@ -38,15 +38,6 @@ class GGUFRunConfig(config_class(GGUFExportConfig, "GGUFRunConfigBase")):
     """GGUFExportConfig's fields as run config (a class, so type checkers accept it as an annotation)."""
 
 
-GGUF_CHECKS = {
-    "gguf_loads_in_llama_cpp": "every GGUF file (F16 and each quantization) loads in llama.cpp",
-    "gguf_tokenization_matches_hf": "llama.cpp tokenizes the test texts into exactly the token ids the HF tokenizer "
-    "gives (a wrong pre-tokenizer loads but babbles)",
-    "gguf_perplexity_within_bound": "each GGUF's perplexity on test blocks is within its file type's bound of the "
-    "merged HF model's (see the tolerance knobs)",
-    "gguf_kld_within_bound": "the chosen quantization's mean and p99 KL divergence from the F16 logits on the test "
-    "split (llama-perplexity --kl-divergence) are within max_mean_kld and max_p99_kld",
-}
 # Metadata tables show in a value column about 380 px wide (Dagster 1.13, 1440 px window): a few short columns.
 FILE_COLUMNS = ["type", "mb", "bits_per_weight", "sha256"]
 # Five short columns fit the metadata column; every figure is in verification.json.
@@ -59,14 +50,7 @@ KLD_COLUMNS = ["type", "imatrix", "mean_kld", "p99_kld", "top_pct"]
     deps=[lora_adapter, base_model],
     group_name="export",
     kinds={"peft", "safetensors"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            "merge_changed_weights",
-            asset="merged_model",
-            description="merging the adapter changed at least one base tensor (an adapter that changes nothing is "
-            "a training or merge fault)",
-        )
-    ],
+    check_specs=MERGE_CHECKS,
     description="The LoRA adapter merged into the base model (peft merge_and_unload), saved as safetensors + "
     "tokenizer under data_lake/models/merged. An adapter trained on another base fails before anything is written.",
 )
@@ -98,14 +82,7 @@ def merged_model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.Ma
             "path": dg.MetadataValue.path(str(result.path)),
         },
         data_version=dg.DataVersion(result.weights_sha256[:16]),
-        check_results=[
-            check_result(
-                "merge_changed_weights",
-                result.changed_tensors > 0,
-                f"{result.changed_tensors} base tensors changed by the merge (max |delta| {result.max_abs_delta:.3g})",
-                metadata={"changed_tensors": result.changed_tensors, "max_abs_delta": float(result.max_abs_delta)},
-            )
-        ],
+        check_results=merge_results(result),
     )
 
 
@@ -130,7 +107,7 @@ def export_provenance(lake: Lake, run_id: str) -> Provenance:
     deps=[merged_model, corpus_splits, base_model, lora_adapter, "eval_report"],  # provenance reads base + adapter
     group_name="export",
     kinds={"gguf", "llama.cpp", "ollama"},
-    check_specs=[dg.AssetCheckSpec(name, asset="gguf_model", description=about) for name, about in GGUF_CHECKS.items()],
+    check_specs=GGUF_CHECKS,
     description="F16 GGUF made by llama.cpp's own convert_hf_to_gguf.py (from the llama-cpp-python sdist), with our "
     "provenance added as KV metadata; candidate types quantized by llama-quantize with and without a domain importance "
     "matrix (llama-imatrix on the train split) and measured against F16 by llama-perplexity --kl-divergence on the "
@@ -156,39 +133,6 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
     )
     lk.publish_latest("gguf", version)
     chosen_rows = [row for row in export.quant_fidelity if row.file == export.file(export.chosen_type).path.name]
-
-    check_figures = {
-        "gguf_loads_in_llama_cpp": {"files_loaded": sum(f.loaded for f in export.fidelity)},
-        "gguf_tokenization_matches_hf": {"tokens_compared": sum(f.tokens_compared for f in export.fidelity)},
-        "gguf_perplexity_within_bound": {
-            f"{f.file_type.lower()}_drift_pct": 100 * f.relative_drift for f in export.fidelity if f.loaded
-        },
-        "gguf_kld_within_bound": {
-            key: getattr(row, key) for row in chosen_rows for key in ("mean_kld", "p99_kld", "same_top_share")
-        },
-    }
-    checks = []
-    for name, outcomes in (
-        ("gguf_loads_in_llama_cpp", [gguf_loads(f) for f in export.fidelity]),
-        ("gguf_tokenization_matches_hf", [tokenization_matches(f) for f in export.fidelity]),
-        (
-            "gguf_perplexity_within_bound",
-            [perplexity_within(f, export_config.tolerance_for(f.file_type)) for f in export.fidelity],
-        ),
-        (
-            "gguf_kld_within_bound",
-            [kld_within(row, export_config.max_mean_kld, export_config.max_p99_kld) for row in chosen_rows]
-            or [(False, export.choice_reason)],
-        ),
-    ):
-        checks.append(
-            check_result(
-                name,
-                all(passed for passed, _ in outcomes),
-                "; ".join(text for _, text in outcomes),
-                metadata=check_figures[name],
-            )
-        )
     completions = [
         {"type": f.file_type, "prompt": c.prompt, "hf": c.hf, "gguf": c.gguf, "identical": c.identical}
         for f in export.fidelity
@@ -269,5 +213,7 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
                 {f"{prefix}_perplexity": fidelity.gguf_perplexity, f"{prefix}_drift_pct": 100 * fidelity.relative_drift}
             )
     return dg.MaterializeResult(
-        metadata=metadata, data_version=dg.DataVersion(target.sha256[:16]), check_results=checks
+        metadata=metadata,
+        data_version=dg.DataVersion(target.sha256[:16]),
+        check_results=gguf_results(export, export_config),
     )

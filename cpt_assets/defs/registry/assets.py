@@ -16,8 +16,9 @@ import dagster as dg
 from cpt_assets.defs.automation import follow
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.evaluation.assets import eval_report
-from cpt_assets.defs.export.assets import GGUF_CHECKS, gguf_model
+from cpt_assets.defs.export.assets import gguf_model
 from cpt_assets.defs.metadata import numbers, png_markdown, short_hash, table
+from cpt_assets.defs.registry.checks import GATE_CHECKS, gate_results, gguf_checks_passed
 from cpt_assets.defs.registry.control import control_text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.lib.base_model import describe_model_dir
@@ -51,15 +52,6 @@ class GateRunConfig(config_class(GateConfig, "GateRunConfigBase")):
 
 
 VERSION_COLUMNS = ["version", "parent", "decision", "test_ppl", "general"]
-DECIDING_CHECKS = ("candidate_beats_promoted", "candidate_within_forgetting_bound", "candidate_gguf_checks_pass")
-
-
-def gguf_checks(instance: dg.DagsterInstance) -> tuple[bool, str]:
-    """The latest gguf_model check results (this candidate's export ran just before in the same lineage)."""
-    keys = [dg.AssetCheckKey(dg.AssetKey("gguf_model"), name) for name in GGUF_CHECKS]
-    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
-    failed = [k.name for k in keys if k not in records or records[k].status.value != "SUCCEEDED"]
-    return not failed, ("failed or missing: " + ", ".join(failed)) if failed else "all pass"
 
 
 def eval_figures(lk) -> tuple[dict, list[list[int]], list[list[int]]]:
@@ -92,7 +84,7 @@ def eval_figures(lk) -> tuple[dict, list[list[int]], list[list[int]]]:
     group_name="registry",
     kinds={"duckdb", "ollama"},
     automation_condition=follow(),
-    check_specs=[dg.AssetCheckSpec(name, asset="model_version", blocking=True) for name in DECIDING_CHECKS],
+    check_specs=GATE_CHECKS,
     description="Registers the trained candidate as a version (parent, split and config hashes, domain and "
     "general-text perplexity, GGUF fidelity and sha256, decision and reason) in data_lake/registry/versions.parquet "
     "(DuckDB view model_versions) and promotes it to data_lake/promoted/model.gguf only when it beats the promoted "
@@ -115,7 +107,7 @@ def model_version(context: dg.AssetExecutionContext, config: GateRunConfig, lake
         if promoted
         else None
     )
-    gguf_ok, gguf_detail = gguf_checks(context.instance)
+    gguf_ok, gguf_detail = gguf_checks_passed(context.instance)
     inputs = GateInputs(
         candidate_domain_perplexity=report["adapted"]["perplexity"],
         promoted_domain_perplexity=promoted_scores["domain"] if promoted_scores else None,
@@ -182,18 +174,5 @@ def model_version(context: dg.AssetExecutionContext, config: GateRunConfig, lake
             ),
             "versions_chart": png_markdown(chart, "model versions"),
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="candidate_beats_promoted", passed=decision.beats_promoted, description=decision.reason
-            ),
-            dg.AssetCheckResult(
-                check_name="candidate_within_forgetting_bound",
-                passed=decision.within_forgetting_bound,
-                description=f"general-text perplexity {decision.control_change:+.2%} vs base "
-                f"(bound {settings.forgetting_bound:.0%})",
-            ),
-            dg.AssetCheckResult(
-                check_name="candidate_gguf_checks_pass", passed=decision.gguf_ok, description=gguf_detail
-            ),
-        ],
+        check_results=gate_results(decision, settings.forgetting_bound, gguf_detail),
     )

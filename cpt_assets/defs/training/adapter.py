@@ -15,18 +15,17 @@ from cpt_assets.defs.automation import MODEL_AUTOMATION, TRAIN_AUTOMATION
 from cpt_assets.defs.config import config_class, to_dataclass
 from cpt_assets.defs.corpus.splits import corpus_splits
 from cpt_assets.defs.metadata import (
-    check_result,
     megabytes,
     numbers,
     png_markdown,
     short_hash,
-    sig,
     table,
     text,
 )
 from cpt_assets.defs.registry.control import control_text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.base import base_model
+from cpt_assets.defs.training.checks import ADAPTER_CHECKS, adapter_results
 from cpt_assets.lib.base_model import describe_model_dir
 from cpt_assets.lib.continual import CONTINUAL_FILE, ContinualConfig, prepare_training
 from cpt_assets.lib.control_text import read_control_documents, texts_of
@@ -84,13 +83,7 @@ def split_texts(lake: Lake, split: str) -> dict[str, list[str]]:
     # The device is decided when the step runs (the webserver and the worker may be different machines); the run
     # gets a `cpt/device` tag then. This static tag only says that the step wants an accelerator.
     op_tags={"cpt/accelerator": "gpu"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            "validation_loss_below_base",
-            asset="lora_adapter",
-            description="the adapter's final validation loss is below the base model's (evaluation at step 0)",
-        )
-    ],
+    check_specs=ADAPTER_CHECKS,
     description="LoRA adapter continually pretrained on the train split (fp32 LoRA on CPU with a token budget; "
     "bf16 LoRA, QLoRA or unsloth on CUDA). Killed runs resume from the newest checkpoint in data_lake/models/"
     "checkpoints when materialised again with the same config and data.",
@@ -134,7 +127,7 @@ def lora_adapter(
     utilisation = mfu(result.tokens_per_second, result.total_parameters, result.gpu_name, result.world_size)
     chart = plot_losses(result, lk.training_chart_path)
     base_loss, final_loss = result.base_eval_loss, result.final_eval_loss
-    lowered = bool(base_loss is not None and final_loss is not None and final_loss < base_loss)
+    checks = adapter_results(base_loss, final_loss, result.steps)  # one decision: the check and the metadata
     return dg.MaterializeResult(
         metadata={
             "device": result.device,
@@ -169,7 +162,7 @@ def lora_adapter(
                     "block_size": result.block_size,
                 }
             ),
-            "validation_loss_lowered": lowered,
+            "validation_loss_lowered": checks[0].passed,
             "resumed_from_checkpoint": text(result.resumed_from_checkpoint, missing="no (fresh start)"),
             "resume_reason": text(result.resume_reason),
             "config_hash": result.config_hash,
@@ -184,13 +177,5 @@ def lora_adapter(
             **{f"tokens_{part}": tokens for part, tokens in inputs.mix.tokens.items()},
         },
         data_version=dg.DataVersion(f"{result.config_hash}-{result.data_fingerprint[:8]}"),
-        check_results=[
-            check_result(
-                "validation_loss_below_base",
-                lowered,
-                f"validation loss {sig(base_loss)} (base) -> {sig(final_loss)} (adapted) after {result.steps} steps",
-                metadata={"validation_loss_base": base_loss, "validation_loss_final": final_loss},
-                severity=dg.AssetCheckSeverity.WARN,
-            )
-        ],
+        check_results=checks,
     )
