@@ -571,6 +571,14 @@ class GGUFExport:
     def file(self, file_type: str) -> GGUFFile:
         return next(f for f in self.files if f.file_type == file_type.upper())
 
+    def chosen_rows(self) -> list[QuantFidelity]:
+        """The KLD rows of the file the Modelfile points at.
+
+        None for F16 (the fallback when no candidate met the bounds): its fidelity is judged against the HF model.
+        """
+        name = self.file(self.chosen_type).path.name
+        return [row for row in self.quant_fidelity if row.file == name]
+
     def table(self) -> list[dict[str, object]]:
         """Every file kept: size, bits per weight, time, hash, KLD vs F16 and whether it used the imatrix."""
         kept = {row.file: row for row in self.quant_fidelity}

@@ -50,7 +50,7 @@ def gguf_outcomes(export: GGUFExport, config: GGUFExportConfig) -> dict[str, Che
     Every file loads, tokenizes as HF does and stays within its file type's perplexity bound; the chosen
     quantization is within the KLD bounds (when no type was within them, the check fails with the choice's reason).
     """
-    chosen = [row for row in export.quant_fidelity if row.file == export.file(export.chosen_type).path.name]
+    chosen = export.chosen_rows()
     parts = {
         "gguf_loads_in_llama_cpp": (
             [gguf_loads(f) for f in export.fidelity],

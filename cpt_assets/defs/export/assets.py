@@ -132,7 +132,7 @@ def gguf_model(context: dg.AssetExecutionContext, config: GGUFRunConfig, lake: L
         lk.merged_model_dir, out_dir, provenance, texts, export_config, train_texts=train, scored=scored
     )
     lk.publish_latest("gguf", version)
-    chosen_rows = [row for row in export.quant_fidelity if row.file == export.file(export.chosen_type).path.name]
+    chosen_rows = export.chosen_rows()  # the rows the KLD check judged
     completions = [
         {"type": f.file_type, "prompt": c.prompt, "hf": c.hf, "gguf": c.gguf, "identical": c.identical}
         for f in export.fidelity
