@@ -15,6 +15,8 @@ from typing import Any, cast
 
 import dagster as dg
 
+from cpt_assets.lib.types import CheckOutcome
+
 # Longest cell a table shows before it is cut with "…" (the full text is in the lake's files).
 CELL_CHARS = 80
 # Characters of a sha256 shown in the UI; the full hash is in the JSON/parquet files beside the artefact.
@@ -183,7 +185,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], width
 
 def outcome_result(
     name: str,
-    outcome: tuple[bool, str, dict],
+    outcome: CheckOutcome,
     partition: str | None = None,
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR,
 ) -> dg.AssetCheckResult:

@@ -25,8 +25,13 @@ def validation_loss_lowered(base_loss: float | None, final_loss: float | None, s
 
     A loss that was not measured (no validation split) or is not finite fails: nothing shows the adapter learned.
     """
-    measured = base_loss is not None and final_loss is not None and math.isfinite(base_loss)
-    passed = bool(measured and math.isfinite(final_loss) and final_loss < base_loss)  # type: ignore[arg-type,operator]
+    passed = (
+        base_loss is not None
+        and final_loss is not None
+        and math.isfinite(base_loss)
+        and math.isfinite(final_loss)
+        and final_loss < base_loss
+    )
     description = f"validation loss {_figure(base_loss)} (base) -> {_figure(final_loss)} (adapted) after {steps} steps"
     return passed, description, {"validation_loss_base": base_loss, "validation_loss_final": final_loss}
 
