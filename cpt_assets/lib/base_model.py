@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpt_assets.lib.lake import atomic_path, sha256_file
+from cpt_assets.lib.lake import SOURCE_MARKER, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,6 @@ class BaseModelInfo:
     weights_bytes: int
     load_seconds: float
     reused: bool
-
-
-SOURCE_MARKER = "cpt_source.json"  # written beside an exported base model: which source it came from
 
 
 def has_weights(folder: Path) -> bool:

@@ -16,15 +16,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpt_assets.lib.lake import atomic_path
+from cpt_assets.lib.lake import ADAPTER_WEIGHTS_FILE, RUN_MARKER, atomic_path
 
 log = logging.getLogger(__name__)
 
-RUN_MARKER = "cpt_run.json"  # names the run (config hash, data fingerprint) the checkpoints belong to
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")  # the Trainer's folder names
 # What a checkpoint needs to restore the exact training state; the Trainer writes trainer_state.json last.
 REQUIRED_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+ADAPTER_WEIGHTS = (ADAPTER_WEIGHTS_FILE, "adapter_model.bin")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ADAPTER_CONFIG = "adapter_config.json"
+from cpt_assets.lib.lake import ADAPTER_CONFIG_FILE, CONTINUAL_FILE
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class ContinuationPlan:
 
 def lora_shape(adapter_dir: Path) -> dict:
     """The parts of a peft adapter_config.json that must match for training to continue from it."""
-    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG).read_text())
+    config = json.loads((Path(adapter_dir) / ADAPTER_CONFIG_FILE).read_text())
     return {
         "r": config.get("r"),
         "lora_alpha": config.get("lora_alpha"),
@@ -171,7 +171,7 @@ def plan_continuation(
         return ContinuationPlan(None, None, "ContinualConfig.continue_from_promoted is off: fresh start from the base")
     if promoted_version is None or promoted_adapter_dir is None:
         return ContinuationPlan(None, None, "no promoted version yet: fresh start from the base")
-    if not (Path(promoted_adapter_dir) / ADAPTER_CONFIG).is_file():
+    if not (Path(promoted_adapter_dir) / ADAPTER_CONFIG_FILE).is_file():
         return ContinuationPlan(
             None, None, f"promoted version {promoted_version} has no adapter at {promoted_adapter_dir}: fresh start"
         )
@@ -295,7 +295,6 @@ def perplexities_on_blocks(
 
 
 # ---- one run's training inputs -----------------------------------------------------------------------------------
-CONTINUAL_FILE = "cpt_continual.json"  # beside the adapter: parent, mix and every doc id this lineage trained on
 
 
 def trained_doc_ids(adapter_dir: Path) -> set[str]:

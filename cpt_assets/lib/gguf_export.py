@@ -61,7 +61,7 @@ from cpt_assets.lib.gguf_verify import (
     llama_file_types,
     verify_gguf,
 )
-from cpt_assets.lib.lake import GGUF_VERIFICATION, MODELFILE, atomic_path, sha256_file
+from cpt_assets.lib.lake import GGUF_VERIFICATION, IMATRIX_FILE, KLD_PLOT_FILE, MODELFILE, atomic_path, sha256_file
 from cpt_assets.lib.llama_tools import (
     LlamaCpp,
     LlamaToolError,
@@ -643,8 +643,6 @@ def completions_side_by_side(fidelities: Sequence[Fidelity]) -> list[dict[str, s
 
 
 VERIFICATION_FILE = GGUF_VERIFICATION  # beside the GGUF files (lake.py owns the name)
-IMATRIX_FILE = "imatrix.gguf"  # the domain importance matrix, kept beside the files it quantized
-PLOT_FILE = "size_vs_kld.png"
 
 
 def gguf_file_name(stem: str, file_type: str) -> str:
@@ -796,8 +794,8 @@ def export_gguf(
         write_modelfile(target.path, tmp / MODELFILE, config.context_length, params=config.sampling)
         plot = None
         if rows:
-            (tmp / PLOT_FILE).write_bytes(size_kld_plot(rows, config.max_mean_kld))
-            plot = out_dir / PLOT_FILE
+            (tmp / KLD_PLOT_FILE).write_bytes(size_kld_plot(rows, config.max_mean_kld))
+            plot = out_dir / KLD_PLOT_FILE
 
         def moved(path: Path) -> Path:
             return out_dir / path.name

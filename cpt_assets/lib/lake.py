@@ -61,6 +61,15 @@ GGUF_VERIFICATION = "verification.json"  # how each GGUF file compared with F16 
 MODELFILE = "Modelfile"  # Ollama's: FROM the chosen file, the template and parameters
 PROMOTED_GGUF = "model.gguf"  # the promoted version's GGUF, under a stable name in data_lake/promoted/
 VERSION_ADAPTER = "adapter"  # a registered version's copy of its adapter folder
+IMATRIX_FILE = "imatrix.gguf"  # the domain importance matrix, beside the GGUF files it quantized
+KLD_PLOT_FILE = "size_vs_kld.png"  # beside the GGUF files: size vs KL divergence of every candidate
+# Files the stages write inside the model folders (the stage modules import these names).
+TRAINING_INFO_FILE = "cpt_training.json"  # beside the adapter: config, data and metrics of the run
+CONTINUAL_FILE = "cpt_continual.json"  # beside the adapter: parent, mix and every doc id this lineage trained on
+SOURCE_MARKER = "cpt_source.json"  # beside an exported base model: which source it came from
+RUN_MARKER = "cpt_run.json"  # in the checkpoints folder: the run (config hash, data fingerprint) they belong to
+LAUNCH_SPEC_FILE = "launch_spec.json"  # in the checkpoints folder: what a multi-process launch trains
+LAUNCH_RESULT_FILE = "launch_result.json"  # ...and what its rank 0 reports back
 
 _ARROW_TYPES: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64(), bool: pa.bool_(), float: pa.float64()}
 

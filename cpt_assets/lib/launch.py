@@ -17,14 +17,12 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from cpt_assets.lib.lake import atomic_path
+from cpt_assets.lib.lake import LAUNCH_RESULT_FILE, LAUNCH_SPEC_FILE, atomic_path
 from cpt_assets.lib.training import TrainingConfig, TrainResult, train_adapter
 
 log = logging.getLogger(__name__)
 
 PROGRESS_PREFIX = "CPT_PROGRESS "  # rank 0 prints one JSON log line per Trainer log after it
-SPEC_FILE = "launch_spec.json"
-RESULT_FILE = "launch_result.json"
 
 
 def visible_gpus() -> int:
@@ -63,7 +61,7 @@ def train_adapter_launched(
     """
     checkpoints_dir = Path(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
-    spec_path, result_path = checkpoints_dir / SPEC_FILE, checkpoints_dir / RESULT_FILE
+    spec_path, result_path = checkpoints_dir / LAUNCH_SPEC_FILE, checkpoints_dir / LAUNCH_RESULT_FILE
     result_path.unlink(missing_ok=True)
     spec = {
         "base_model_dir": str(base_model_dir),

@@ -27,7 +27,6 @@ from cpt_assets.lib.lake import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, atomi
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = ADAPTER_CONFIG_FILE
 ADAPTER_WEIGHTS = (ADAPTER_WEIGHTS_FILE,)
 PEFT_PREFIX = "base_model.model."
 # LoRA factor tensors: module path, factor kind. Linear layers save `.lora_A.weight`, embeddings `.lora_embedding_A`.
@@ -217,9 +216,9 @@ def check_adapter_matches_base(base_dir: Path, adapter_dir: Path) -> dict:
     base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
     if not (base_dir / "config.json").exists():
         raise FileNotFoundError(f"Base model folder {base_dir} has no config.json")
-    if not (adapter_dir / ADAPTER_CONFIG).exists():
-        raise FileNotFoundError(f"Adapter folder {adapter_dir} has no {ADAPTER_CONFIG}")
-    adapter_config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    if not (adapter_dir / ADAPTER_CONFIG_FILE).exists():
+        raise FileNotFoundError(f"Adapter folder {adapter_dir} has no {ADAPTER_CONFIG_FILE}")
+    adapter_config = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text())
     adapter_base = str(adapter_config.get("base_model_name_or_path") or "?")
     problems = adapter_mismatches(base_dir, adapter_dir)
     if problems:
@@ -267,7 +266,7 @@ def merge_adapter(base_model_dir: Path, adapter_dir: Path, out_dir: Path) -> Mer
 
     tokenizer_source = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else base_model_dir
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source))
-    adapter_config_sha = hashlib.sha256((adapter_dir / ADAPTER_CONFIG).read_bytes()).hexdigest()
+    adapter_config_sha = hashlib.sha256((adapter_dir / ADAPTER_CONFIG_FILE).read_bytes()).hexdigest()
     with atomic_path(out_dir) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))

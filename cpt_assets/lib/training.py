@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from cpt_assets.lib.base_model import has_weights
 from cpt_assets.lib.checkpoints import ResumePlan, plan_resume
-from cpt_assets.lib.lake import atomic_path
+from cpt_assets.lib.lake import ADAPTER_WEIGHTS_FILE, TRAINING_INFO_FILE, atomic_path
 from cpt_assets.lib.packing import pack_blocks
 from cpt_assets.lib.scoring import document_texts
 
@@ -54,7 +54,6 @@ METHODS = ("auto", "lora", "qlora", "unsloth")
 LORA_BIASES = ("none", "all", "lora_only")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 EMBEDDING_MODULES = ("embed_tokens", "lm_head")
-TRAINING_INFO_FILE = "cpt_training.json"  # written beside the adapter: config, data and metrics of the run
 
 
 @dataclass(frozen=True)
@@ -593,8 +592,8 @@ def _finished_state(checkpoint: Path | None):
 def _checkpoint_weights(checkpoint: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    if (checkpoint / "adapter_model.safetensors").is_file():
-        return load_file(str(checkpoint / "adapter_model.safetensors"))
+    if (checkpoint / ADAPTER_WEIGHTS_FILE).is_file():
+        return load_file(str(checkpoint / ADAPTER_WEIGHTS_FILE))
     import torch
 
     return torch.load(str(checkpoint / "adapter_model.bin"), map_location="cpu", weights_only=True)

@@ -146,3 +146,28 @@ def test_scored_blocks_round_trip_and_bad_file(tmp_path):
         read_scored_blocks(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="block 0 has 4 tokens but 2 NLL values"):
         ScoredBlocks("adapted", "float32", 4, 0, ("s",), ((1, 2, 3, 4),), ((0.1, 0.2),))
+
+
+def test_no_lake_file_name_is_spelled_outside_lake_py():
+    """lake.py owns every file name under the lake: no other module of the package writes one as a literal."""
+    import ast
+    from pathlib import Path
+
+    import cpt_assets
+    from cpt_assets.lib import lake
+
+    names = {
+        value
+        for key, value in vars(lake).items()
+        if key.isupper() and isinstance(value, str) and ("." in value or value == lake.MODELFILE)
+    }
+    assert {"cpt_training.json", "adapter_config.json", "verification.json", "imatrix.gguf"} <= names
+    package = Path(cpt_assets.__file__).parent
+    spelled = [
+        f"{path.relative_to(package)}:{node.lineno}: {node.value!r}"
+        for path in sorted(package.rglob("*.py"))
+        if path != Path(lake.__file__)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in names
+    ]
+    assert spelled == []

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from cpt_assets.lib.checkpoints import RUN_MARKER, checkpoint_step, is_complete, newest_checkpoint
+from cpt_assets.lib.checkpoints import checkpoint_step, is_complete, newest_checkpoint
+from cpt_assets.lib.lake import RUN_MARKER, TRAINING_INFO_FILE
 from cpt_assets.lib.training import (
-    TRAINING_INFO_FILE,
     TrainingConfig,
     check_inputs,
     effective_schedule,

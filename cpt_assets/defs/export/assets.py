@@ -28,10 +28,18 @@ from cpt_assets.lib.gguf_export import (
     toolchain_versions,
 )
 from cpt_assets.lib.gguf_fidelity import png_markdown
-from cpt_assets.lib.lake import SPLIT_NAMES, Lake, content_version, read_scored_blocks, read_split, sha256_file
+from cpt_assets.lib.lake import (
+    ADAPTER_CONFIG_FILE,
+    SPLIT_NAMES,
+    TRAINING_INFO_FILE,
+    Lake,
+    content_version,
+    read_scored_blocks,
+    read_split,
+    sha256_file,
+)
 from cpt_assets.lib.merge import merge_adapter
 from cpt_assets.lib.splits import split_content_hash
-from cpt_assets.lib.training import TRAINING_INFO_FILE
 
 
 class GGUFRunConfig(config_class(GGUFExportConfig, "GGUFRunConfigBase")):
@@ -94,7 +102,7 @@ def export_provenance(lake: Lake, run_id: str) -> Provenance:
         name="cpt-" + Path(source).name,
         base_model_name=source,
         base_model_sha256=describe_model_dir(lake.base_model_dir, source).weights_sha256,
-        adapter_config_sha256=sha256_file(lake.adapter_dir / "adapter_config.json"),
+        adapter_config_sha256=sha256_file(lake.adapter_dir / ADAPTER_CONFIG_FILE),
         training_config_sha256=str(training.get("result", {}).get("config_hash", "")),
         merged_model_sha256=describe_model_dir(lake.merged_model_dir, source).weights_sha256,
         split_sha256={name: split_content_hash(read_split(lake, name)) for name in SPLIT_NAMES},  # = corpus_splits

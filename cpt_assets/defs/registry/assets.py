@@ -22,11 +22,13 @@ from cpt_assets.defs.registry.checks import GATE_CHECKS, gate_results, gguf_chec
 from cpt_assets.defs.registry.control import control_text
 from cpt_assets.defs.resources import LakeResource
 from cpt_assets.lib.base_model import describe_model_dir
-from cpt_assets.lib.continual import CONTINUAL_FILE, GateConfig, GateInputs, perplexities_on_blocks, promotion_decision
+from cpt_assets.lib.continual import GateConfig, GateInputs, perplexities_on_blocks, promotion_decision
 from cpt_assets.lib.evaluation import adapter_weights_sha256
 from cpt_assets.lib.lake import (
+    CONTINUAL_FILE,
     EVAL_REPORT_JSON,
     SPLIT_NAMES,
+    TRAINING_INFO_FILE,
     read_scored_blocks,
     read_split,
     read_token_blocks,
@@ -44,7 +46,6 @@ from cpt_assets.lib.registry import (
     version_rows,
 )
 from cpt_assets.lib.splits import split_content_hash
-from cpt_assets.lib.training import TRAINING_INFO_FILE
 
 
 class GateRunConfig(config_class(GateConfig, "GateRunConfigBase")):

@@ -27,9 +27,9 @@ from cpt_assets.defs.resources import LakeResource
 from cpt_assets.defs.training.base import base_model
 from cpt_assets.defs.training.checks import ADAPTER_CHECKS, adapter_results
 from cpt_assets.lib.base_model import describe_model_dir
-from cpt_assets.lib.continual import CONTINUAL_FILE, ContinualConfig, prepare_training
+from cpt_assets.lib.continual import ContinualConfig, prepare_training
 from cpt_assets.lib.control_text import read_control_documents, texts_of
-from cpt_assets.lib.lake import Lake, atomic_path, content_version, read_split
+from cpt_assets.lib.lake import CONTINUAL_FILE, Lake, atomic_path, content_version, read_split
 from cpt_assets.lib.launch import process_count, train_adapter_launched
 from cpt_assets.lib.registry import promoted_version, read_versions
 from cpt_assets.lib.training import TrainingConfig, loss_table, mfu, plot_losses, resolve_plan, train_adapter
