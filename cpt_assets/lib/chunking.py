@@ -27,15 +27,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer, PunktTrainer
+from typing import TYPE_CHECKING, Any
 
 from cpt_assets.lib.cleaning import CleanedDocument, CleaningConfig, QualityConfig, clean_document, quality_filter
 from cpt_assets.lib.dedup import DedupConfig, NearDuplicateIndex, drop_exact_duplicates, mark_near_duplicates
 from cpt_assets.lib.lake import atomic_path
 from cpt_assets.lib.text_quality import score_text
 from cpt_assets.lib.types import Chunk, DroppedChunk, Page
+
+if TYPE_CHECKING:  # nltk is imported where a splitter is made: its package pulls in scipy.stats and sklearn (1.4 s),
+    # which every Dagster process that loads the definitions (code servers, run and step workers) would pay
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,8 @@ def train_sentence_splitter(
     Returns:
         A sentence tokenizer with the learned parameters.
     """
+    from nltk.tokenize.punkt import PunktSentenceTokenizer, PunktTrainer
+
     texts = [t for t in texts if t.strip()]
     trainer = PunktTrainer()
     trainer.INCLUDE_ALL_COLLOCS = True  # pyright: ignore[reportAttributeAccessIssue] # learn "No. 5"-style collocations, not only those after abbreviations
@@ -141,6 +145,8 @@ def splitter_to_dict(splitter: PunktSentenceTokenizer) -> dict[str, Any]:
 
 
 def splitter_from_dict(data: Mapping[str, Any]) -> PunktSentenceTokenizer:
+    from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
+
     params = PunktParameters()
     params.abbrev_types = set(data["abbrev_types"])
     params.collocations = {tuple(pair) for pair in data["collocations"]}

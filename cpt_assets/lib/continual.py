@@ -281,11 +281,12 @@ def perplexities_on_blocks(
     from peft import PeftModel
 
     from cpt_assets.lib import scoring
-    from cpt_assets.lib.evaluation import load_base_model, resolve_device
+    from cpt_assets.lib.evaluation import load_base_model, merge_for_scoring, resolve_device
 
     model, tokenizer = load_base_model(Path(base_model_dir), resolve_device(device), "float32")
     if adapter_dir is not None:
         model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+        merge_for_scoring(model, "float32")  # as eval_report scores the adapted model: the merged weights
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scores = {}
     for name, set_blocks in blocks.items():

@@ -192,6 +192,12 @@ def file_type_name(value: int) -> str:
     return {v: k for k, v in llama_file_types().items()}.get(int(value), "unknown")
 
 
+# llama.cpp's tools default to `-fa auto` (their common arguments), and llama-perplexity, which makes the KLD figures,
+# resolves it to flash attention on with the CPU backend; llama-cpp-python's Llama defaults to off. On, the Python
+# loader scores as the tools do, 11% faster on these CPUs (the mean NLL of the same blocks moves by 2e-5 relative).
+FLASH_ATTENTION = True
+
+
 def open_llama(gguf_path: Path, **kwargs):
     """llama.cpp's Llama on a GGUF file, with weight repacking off (llama.cpp's --no-repack).
 
@@ -302,6 +308,7 @@ def verify_gguf(
             logits_all=True,
             verbose=False,
             n_threads=n_threads or os.cpu_count(),
+            flash_attn=FLASH_ATTENTION,
         )
     except (ValueError, RuntimeError, OSError) as error:
         log.warning("llama.cpp could not load %s: %s", gguf_path, error)
@@ -404,6 +411,7 @@ def fidelity_table(fidelities: Sequence[Fidelity]) -> list[dict[str, object]]:
                 "drift_pct": round(100 * f.relative_drift, 3) if f.loaded else None,
                 "mean_abs_nll_diff": round(f.mean_abs_nll_diff, 5) if f.loaded else None,
                 "same_completions": f"{f.identical_completions}/{len(f.completions)}",
+                "seconds": round(f.seconds, 1),
             }
         )
     return rows

@@ -201,3 +201,12 @@ def test_the_instance_config_gives_the_gpu_pool_one_slot(tmp_path):
         config = instance.get_concurrency_config()
     assert config.pool_config.default_pool_limit == 1
     assert config.run_queue_config.max_concurrent_runs == 4
+
+
+def test_loading_the_definitions_imports_no_model_or_nlp_library():
+    """Every Dagster process (code servers, run and step workers) imports the definitions first: torch, transformers,
+    llama.cpp and nltk (whose package pulls in scipy.stats and sklearn) are imported by the steps that use them."""
+    heavy = ["torch", "transformers", "peft", "llama_cpp", "nltk", "sklearn", "matplotlib"]
+    program = f"import sys, cpt_assets.definitions; print([m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

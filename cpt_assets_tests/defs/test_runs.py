@@ -261,3 +261,30 @@ def test_the_daemon_stops_itself_once_no_cli_is_left(tmp_path):
     client.wait()
     assert done.stdout.strip() == "stopped", done.stderr[-2000:]
     assert 1.5 < elapsed < 20  # not while the CLI lived, and soon after it left
+
+
+def test_the_daemon_reloads_its_workspace_without_starting_code_servers(tmp_path):
+    """Dagster's daemon controller reloads its workspace every minute; from a python_module entry that starts a new
+    code server (an import of the definitions) each time. The CLI's daemon serves one code server all its life: with
+    the reload made to come every second, 12 seconds still show exactly one server start."""
+    shutil.copy(Path(__file__).parents[2] / "dagster.yaml", tmp_path / "dagster.yaml")
+    program = (
+        "import os, signal, sys, threading\n"
+        "import dagster._daemon.controller as controller\n"
+        "controller.RELOAD_WORKSPACE_INTERVAL = 1\n"
+        "controller.THREAD_CHECK_INTERVAL = 0.5\n"
+        "from cpt_assets import daemon\n"
+        "threading.Timer(12, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+        "sys.exit(daemon.main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert output.count("Started Dagster code server for module cpt_assets.definitions") == 1, output[-3000:]
+    assert "Shutting down Dagster code server" in output  # stopped with the daemon, not left behind

@@ -720,6 +720,7 @@ def test_fidelity_table_row():
             "drift_pct": 0.5,
             "mean_abs_nll_diff": 0.001,
             "same_completions": "1/2",
+            "seconds": 1.0,
         }
     ]
     assert "| p | a b | a b |" in fidelity_markdown([fidelity])
